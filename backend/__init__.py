@@ -1,0 +1,1 @@
+"""StarCoder WebUI backend: GPTQ loading, generation, settings, downloads and the HTTP API."""

@@ -1,0 +1,1 @@
+"""Pure compute for GPTQ layers: the torch reference and the fast kernels beside it."""
