@@ -134,3 +134,27 @@ def write_checkpoint(folder: Path, bits: int = 4, group_size: int = -1, desc_act
         (folder / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     return dense_model
+
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+                  "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
+                  "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
+                  "<commit_msg>", "<commit_after>", "<reponame>"]
+
+
+def write_tokenizer(folder: Path, vocab_size: int = 96) -> None:
+    """A byte-level BPE with StarCoder's special tokens at ids 0-18 (vocab_size ≥ 19 + 256 is not needed:
+    the byte alphabet is capped by the trainer's limit, so tests stay tiny)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["def f(x):\n    return x + 1\n", "import os\nprint('hi')\n", "class A:\n    pass\n"] * 20
+    tok.train_from_iterator(text, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:])
+    fast.save_pretrained(str(folder))

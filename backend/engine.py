@@ -1,0 +1,188 @@
+"""The Engine: owns the loaded model and a lock; load, unload, inspect and stream. The only stateful object."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from backend import prompts
+from backend.generate import Chunk, GenerationError, GenerationParams, fim_ids, fit_context, stream
+from backend.loader import (ModelLoadError, build_skeleton, estimate_memory, from_quantized, load_model_config,
+                            load_tokenizer, resolve_weights)
+from backend.quant_config import QuantConfig, QuantConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+HIDDEN_DIRS = {".downloads"}
+
+
+class NoModelLoaded(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the Model tab shows before loading: read from the folder, nothing loaded."""
+    name: str
+    path: Path
+    quant: QuantConfig
+    weights_files: tuple[str, ...]
+    estimate_bytes: int
+    n_positions: int
+    layers: int
+    hidden: int
+
+    def summary(self) -> dict[str, Any]:
+        q = self.quant
+        return {"bits": q.bits, "group_size": q.group_size, "act_order (desc_act)": q.desc_act, "sym": q.sym,
+                "checkpoint_format": q.checkpoint_format, "weights_file": ", ".join(self.weights_files),
+                "context": self.n_positions, "layers": self.layers, "hidden": self.hidden,
+                "memory_estimate_gb": round(self.estimate_bytes / 1e9, 3)}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    device: str
+    dtype: str
+    kernel: str
+    kernels: dict[str, str]
+    load_seconds: float
+    memory_bytes: int
+
+
+def default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class Engine:
+    """One per process. Generation and loading take `_lock`, so requests queue instead of colliding."""
+
+    def __init__(self, models_dir: str | Path) -> None:
+        self.models_dir = Path(models_dir).resolve()
+        self._lock = threading.Lock()
+        self._loaded: LoadedModel | None = None
+        self._active_cancels: set[threading.Event] = set()
+        self._cancels_lock = threading.Lock()
+
+    # ------------------------------------------------------------ models on disk
+
+    def list_models(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir()
+                      if p.is_dir() and p.name not in HIDDEN_DIRS and not p.name.startswith(".")
+                      and (p / "config.json").is_file())
+
+    def model_path(self, name: str) -> Path:
+        """The folder of model `name`, which must be a plain folder name inside models/."""
+        if not isinstance(name, str) or not _NAME.match(name) or name in HIDDEN_DIRS:
+            raise ModelLoadError(f"{name!r} is not a valid model name: use a folder name inside "
+                                 f"{self.models_dir.name}/ (letters, digits, . _ -), no paths.")
+        path = (self.models_dir / name).resolve()
+        if path.parent != self.models_dir:
+            raise ModelLoadError(f"{name!r} points outside the models folder; refused.")
+        if not path.is_dir():
+            raise ModelLoadError(f"no model folder {name!r} in {self.models_dir.name}/; download it or press "
+                                 f"refresh. Available: {', '.join(self.list_models()) or 'none'}.")
+        return path
+
+    def inspect(self, name: str) -> ModelInfo:
+        """Read the folder's configs and estimate memory without loading any weights."""
+        path = self.model_path(name)
+        qcfg = QuantConfig.from_dir(path)
+        config = load_model_config(path)
+        files = resolve_weights(path, None, qcfg, allow_pickle=False)
+        estimate = estimate_memory(build_skeleton(config, qcfg, torch.float16))
+        return ModelInfo(name, path, qcfg, tuple(p.name for p in files), estimate.total_bytes,
+                         config.n_positions, config.n_layer, config.n_embd)
+
+    # ------------------------------------------------------------ load / unload
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto") -> LoadedModel:
+        """Load `name`, replacing the current model; cancels a running generation first."""
+        device = default_device() if device in ("auto-detect", "", None) else device
+        info = self.inspect(name)
+        self.cancel_all()
+        with self._lock:
+            self._loaded = None             # drop the old model before the new one takes memory
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            start = time.perf_counter()
+            model = from_quantized(info.path, device=device, kernel=kernel, torch_dtype=dtype)
+            tokenizer = load_tokenizer(info.path)
+            memory = sum(t.numel() * t.element_size() for t in
+                         {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
+            self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
+                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory)
+            return self._loaded
+
+    def unload(self) -> None:
+        self.cancel_all()
+        with self._lock:
+            self._loaded = None
+
+    def cancel_all(self) -> None:
+        with self._cancels_lock:
+            for event in self._active_cancels:
+                event.set()
+
+    # ------------------------------------------------------------ generation
+
+    def _require(self) -> LoadedModel:
+        loaded = self._loaded
+        if loaded is None:
+            raise NoModelLoaded("no model is loaded; choose one in the Model tab (or POST /v1/internal/model/load).")
+        return loaded
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._require().tokenizer.encode(text, add_special_tokens=False))
+
+    def _run(self, make_ids, params: GenerationParams, cancel: threading.Event | None) -> Iterator[Chunk]:
+        cancel = cancel or threading.Event()
+        with self._cancels_lock:
+            self._active_cancels.add(cancel)
+        try:
+            with self._lock:
+                loaded = self._require()
+                if cancel.is_set():
+                    return
+                ids, dropped = make_ids(loaded)
+                yield from stream(loaded.model, loaded.tokenizer, ids, params, cancel, dropped)
+        finally:
+            with self._cancels_lock:
+                self._active_cancels.discard(cancel)
+
+    def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported)."""
+        def make_ids(loaded: LoadedModel):
+            ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+            if not ids:
+                raise GenerationError("the prompt is empty; type some code or text to continue.")
+            return fit_context(ids, params, loaded.info.n_positions)
+        return self._run(make_ids, params, cancel)
+
+    def infill(self, prefix: str, suffix: str, params: GenerationParams, order: str = "psm",
+               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Stream the middle between `prefix` and `suffix` (fill-in-the-middle)."""
+        def make_ids(loaded: LoadedModel):
+            return fim_ids(loaded.tokenizer, prefix, suffix, params, loaded.info.n_positions, order)
+        return self._run(make_ids, params, cancel)
+
+    def chat(self, messages: list[dict], params: GenerationParams, preamble: str | None = None,
+             cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Stream the assistant's next turn, through the tech-assistant dialogue prompt."""
+        prompt = prompts.render_dialogue(messages, preamble)
+        params = dataclasses.replace(params, stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
+        return self.complete(prompt, params, cancel)

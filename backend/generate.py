@@ -1,0 +1,259 @@
+"""Prompt → tokens → streamed text: sampling, stop strings, EOS, cancellation, truncation, FIM prompts."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import threading
+import time
+from typing import Iterator
+
+import torch
+from transformers import (LogitsProcessorList, MinPLogitsWarper, NoRepeatNGramLogitsProcessor,
+                          RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper, TypicalLogitsWarper)
+
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<fim_prefix>", "<fim_suffix>", "<fim_middle>"
+
+
+class GenerationError(ValueError):
+    """Parameters or a prompt that cannot be generated from; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int = -1                              # -1: a fresh random seed each time
+    stop: tuple[str, ...] = ()
+    context_length: int = 0                     # 0: the model's n_positions
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (self.temperature >= 0, "temperature must be ≥ 0 (0 means greedy)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be ≥ 0 (0 disables it)"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 disables it)"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be ≥ 0"),
+            (self.context_length >= 0, "context_length must be ≥ 0 (0 means the model's maximum)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GenerationError(message)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GenerationParams":
+        """Known keys only; a value of the wrong type is reported by name."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in values.items():
+            if key not in fields or value is None:
+                continue
+            try:
+                if key == "stop":
+                    out[key] = (value,) if isinstance(value, str) else tuple(str(s) for s in value)
+                else:
+                    out[key] = type(fields[key].default)(value)
+            except (TypeError, ValueError):
+                raise GenerationError(f"{key} must be a number, got {value!r}") from None
+        return cls(**out)
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One streamed piece: the new text plus running counts."""
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    elapsed_s: float
+    truncated_tokens: int = 0                   # prompt tokens dropped to fit the context
+    finish_reason: str | None = None            # "eos", "stop", "length", "cancelled"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+# ---------------------------------------------------------------- prompts
+
+def fit_context(ids: list[int], params: GenerationParams, n_positions: int) -> tuple[list[int], int]:
+    """Left-truncate `ids` so prompt + max_new_tokens fits; returns (ids, dropped count)."""
+    context = min(params.context_length or n_positions, n_positions)
+    budget = context - params.max_new_tokens
+    if budget < 1:
+        raise GenerationError(f"max_new_tokens ({params.max_new_tokens}) leaves no room for the prompt in a "
+                              f"context of {context} tokens; lower max_new_tokens.")
+    if len(ids) <= budget:
+        return ids, 0
+    return ids[-budget:], len(ids) - budget
+
+
+def fim_ids(tokenizer, prefix: str, suffix: str, params: GenerationParams, n_positions: int,
+            order: str = "psm") -> tuple[list[int], int]:
+    """StarCoder's FIM prompt as token ids, trimming the prefix's start and the suffix's end to fit.
+
+    PSM: <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>; SPM: <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}.
+    """
+    if order not in ("psm", "spm"):
+        raise GenerationError(f"FIM order {order!r} is unknown; use 'psm' or 'spm'")
+    special = {}
+    for token in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise GenerationError(f"this tokenizer has no {token} token, so the model was not trained for "
+                                  f"fill-in-the-middle; use completion mode.")
+        special[token] = tid
+    pre = tokenizer.encode(prefix, add_special_tokens=False)
+    suf = tokenizer.encode(suffix, add_special_tokens=False)
+    context = min(params.context_length or n_positions, n_positions)
+    budget = context - params.max_new_tokens - 3
+    if budget < 0:
+        raise GenerationError(f"max_new_tokens ({params.max_new_tokens}) leaves no room for the code around "
+                              f"the gap in a context of {context} tokens; lower max_new_tokens.")
+    dropped = 0
+    while len(pre) + len(suf) > budget:
+        # the text nearest the gap matters most: cut far ends, the longer side first
+        if len(pre) >= len(suf):
+            pre = pre[1:]
+        else:
+            suf = suf[:-1]
+        dropped += 1
+    p, s, m = special[FIM_PREFIX], special[FIM_SUFFIX], special[FIM_MIDDLE]
+    ids = [p] + pre + [s] + suf + [m] if order == "psm" else [p, s] + suf + [m] + pre
+    return ids, dropped
+
+
+# ---------------------------------------------------------------- sampling
+
+def build_processors(params: GenerationParams) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size))
+    if params.temperature > 0:
+        if params.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            processors.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+        if params.typical_p < 1.0:
+            processors.append(TypicalLogitsWarper(params.typical_p))
+        if params.min_p > 0:
+            processors.append(MinPLogitsWarper(params.min_p))
+    return processors
+
+
+def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
+    # logits: [1, V] after the processors
+    if params.temperature == 0:
+        return int(logits.argmax(-1))
+    probs = torch.softmax(logits.float(), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ---------------------------------------------------------------- the loop
+
+def _cache_kwarg(model) -> str:
+    # transformers ≥ 5.2x calls it `cache`; earlier 5.x `past_key_values`
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _next_logits(model, ids: torch.Tensor, cache, cache_kwarg: str):
+    # ids: [1, S] -> logits of the last position [1, V], updated cache
+    out = model(input_ids=ids, use_cache=True, **{cache_kwarg: cache})
+    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[:, -1, :], new_cache
+
+
+def _stop_split(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """(text safe to emit, whether a stop string was hit); holds back a possible stop-string start."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], True
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return text[:len(text) - hold], False
+
+
+@torch.inference_mode()
+def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
+           cancel: threading.Event | None = None, truncated_tokens: int = 0) -> Iterator[Chunk]:
+    """Yield text deltas as tokens are sampled; the last chunk carries finish_reason."""
+    cancel = cancel or threading.Event()
+    device = model.get_input_embeddings().weight.device
+    seed = params.seed if params.seed >= 0 else int(torch.randint(0, 2**31 - 1, ()).item())
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    processors = build_processors(params)
+    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos.discard(None)
+    cache_kwarg = _cache_kwarg(model)
+
+    start = time.perf_counter()
+    history = torch.tensor([prompt_ids], dtype=torch.long)
+    generated: list[int] = []
+    emitted = ""
+    finish = "length"
+    cache = None
+    step_input = history.to(device)
+
+    def chunk(text: str, reason: str | None = None) -> Chunk:
+        return Chunk(text, len(prompt_ids), len(generated), time.perf_counter() - start, truncated_tokens, reason)
+
+    while len(generated) < params.max_new_tokens:
+        if cancel.is_set():
+            finish = "cancelled"
+            break
+        logits, cache = _next_logits(model, step_input, cache, cache_kwarg)
+        logits = processors(history, logits.float().cpu())
+        token = sample(logits, params, generator)
+        if token in eos:
+            finish = "eos"
+            break
+        generated.append(token)
+        history = torch.cat([history, torch.tensor([[token]])], dim=1)
+        step_input = torch.tensor([[token]], device=device)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue  # a multi-byte character is split across tokens: wait for the rest
+        safe, hit = _stop_split(text, params.stop)
+        delta = safe[len(emitted):] if safe.startswith(emitted) else ""
+        if hit:
+            yield chunk(delta, "stop")
+            return
+        if delta:
+            emitted = safe
+            yield chunk(delta)
+    # held-back text that might have begun a stop string is released once generation ends
+    text = tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd")
+    yield chunk(text[len(emitted):] if text.startswith(emitted) else "", finish)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
+
+
+def generate_text(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
+                  cancel: threading.Event | None = None) -> tuple[str, Chunk]:
+    """The whole completion and its last chunk (counts, finish reason)."""
+    parts, last = [], None
+    for last in stream(model, tokenizer, prompt_ids, params, cancel):
+        parts.append(last.text)
+    return "".join(parts), last
