@@ -27,7 +27,7 @@ def tiny_config(**overrides) -> GPTBigCodeConfig:
 def autogptq_pack_rows(intweight: np.ndarray, bits: int) -> np.ndarray:
     """AutoGPTQ's loop: values along axis 0 into uint32 words, 3-bit words spanning boundaries."""
     intweight = intweight.astype(np.uint32)
-    rows = intweight.shape[0] // 32 * bits
+    rows = intweight.shape[0] * bits // 32
     out = np.zeros((rows, intweight.shape[1]), dtype=np.uint32)
     i = row = 0
     while row < rows:
