@@ -1,0 +1,146 @@
+"""The Engine on real (tiny and demo) models: names, inspect, load, stream, queueing, unload mid-generation."""
+import shutil
+import threading
+import time
+
+import pytest
+
+from backend import prompts
+from backend.engine import Engine, NoModelLoaded
+from backend.generate import GenerationError, GenerationParams
+from backend.loader import ModelLoadError
+from backend.quant_config import QuantConfigError
+
+
+@pytest.fixture
+def engine(tiny_models_dir, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, root)
+    shutil.copytree(root / "tiny", root / "tiny2")
+    (root / ".downloads" / "partial").mkdir(parents=True)
+    (root / "partial").mkdir()                         # no config.json: not a model
+    return Engine(root)
+
+
+def text_of(chunks):
+    chunks = list(chunks)
+    return "".join(c.text for c in chunks), chunks[-1]
+
+
+def test_lists_only_complete_model_folders(engine):
+    assert engine.list_models() == ["tiny", "tiny2"]
+
+
+@pytest.mark.parametrize("name", ["../tiny", "tiny/../../etc", "/etc", ".downloads", "", "a/b", "..", "tiny\x00"])
+def test_names_never_escape_the_models_folder(engine, name):
+    with pytest.raises(ModelLoadError, match="not a valid model name|outside the models folder"):
+        engine.model_path(name)
+
+
+def test_unknown_model_lists_the_available_ones(engine):
+    with pytest.raises(ModelLoadError, match="no model folder 'nope'.*Available: tiny, tiny2"):
+        engine.inspect("nope")
+
+
+def test_inspect_reads_without_loading(engine):
+    info = engine.inspect("tiny")
+    summary = info.summary()
+    assert summary["bits"] == 4 and summary["group_size"] == -1 and summary["weights_file"] == "model.safetensors"
+    assert info.estimate_bytes > 0 and engine.loaded is None
+
+
+def test_generation_needs_a_model(engine):
+    with pytest.raises(NoModelLoaded, match="no model is loaded"):
+        list(engine.complete("x", GenerationParams()))
+
+
+def test_load_and_stream(engine):
+    loaded = engine.load("tiny", dtype="float32")
+    assert set(loaded.kernels) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+    assert loaded.memory_bytes > 0 and loaded.device == "cpu"
+    params = GenerationParams(max_new_tokens=8, temperature=0.9, seed=11)
+    first, last = text_of(engine.complete("def f(x):", params))
+    second, _ = text_of(engine.complete("def f(x):", params))
+    assert first == second and last.completion_tokens + (last.finish_reason == "eos") >= 1
+    with pytest.raises(GenerationError, match="prompt is empty"):
+        list(engine.complete("", params))
+
+
+def test_long_prompt_is_truncated_and_reported(engine):
+    engine.load("tiny", dtype="float32")
+    _, last = text_of(engine.complete("x = 1\n" * 200, GenerationParams(max_new_tokens=4, temperature=0)))
+    assert last.truncated_tokens > 0 and last.prompt_tokens == 64 - 4
+
+
+def test_two_requests_queue_and_both_finish(engine):
+    engine.load("tiny", dtype="float32")
+    results = {}
+
+    def worker(key):
+        results[key] = text_of(engine.complete("def", GenerationParams(max_new_tokens=10, temperature=0)))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["a"][0] == results["b"][0] and results["a"][1].finish_reason in ("length", "eos")
+
+
+def test_unload_during_generation_cancels_it(engine):
+    engine.load("tiny", dtype="float32")
+    started, done = threading.Event(), {}
+
+    def worker():
+        chunks = []
+        for chunk in engine.complete("def", GenerationParams(max_new_tokens=55, temperature=1.0, seed=1)):
+            chunks.append(chunk)
+            started.set()
+            time.sleep(0.01)
+        done["last"] = chunks[-1]
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(30)
+    engine.unload()
+    thread.join(30)
+    assert done["last"].finish_reason == "cancelled" and engine.loaded is None
+    with pytest.raises(NoModelLoaded):
+        list(engine.complete("x", GenerationParams()))
+
+
+def test_switching_models_then_failed_load_keeps_engine_usable(engine):
+    engine.load("tiny", dtype="float32")
+    engine.load("tiny2", dtype="float32")
+    assert engine.loaded.name == "tiny2"
+    (engine.models_dir / "tiny" / "quantize_config.json").write_text('{"bits": 5}')
+    with pytest.raises(QuantConfigError, match="'bits' is 5"):
+        engine.load("tiny")
+    assert engine.loaded.name == "tiny2"     # the configs are checked before the old model is dropped
+    text, _ = text_of(engine.complete("def", GenerationParams(max_new_tokens=3, temperature=0)))
+    assert isinstance(text, str)
+
+
+def test_chat_renders_the_dialogue_and_stops_at_the_next_human_turn(engine):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Sort a list?"}]
+    prompt = prompts.render_dialogue(messages)
+    assert prompt.startswith(prompts.DEFAULT_PREAMBLE.rstrip("\n"))
+    assert prompt.endswith("Be brief.\n-----\nHuman: Hi\nAssistant: Hello.\nHuman: Sort a list?\nAssistant:")
+    assert prompts.render_dialogue([{"role": "user", "content": "x"}], preamble="") == "Human: x\nAssistant:"
+    engine.load("tiny", dtype="float32")
+    text, last = text_of(engine.chat(messages, GenerationParams(max_new_tokens=20, temperature=1.0, seed=2)))
+    assert "\nHuman:" not in text
+
+
+def test_demo_model_writes_python(demo_dir, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "starcoder-demo").symlink_to(demo_dir)
+    engine = Engine(root)
+    engine.load("starcoder-demo", dtype="float32")
+    greedy = GenerationParams(max_new_tokens=48, temperature=0)
+    text, _ = text_of(engine.complete("def fibonacci(n):\n", greedy))
+    assert text.strip() and any(word in text for word in ("return", "if ", "for ", "self", "=")), text
+    middle, last = text_of(engine.infill("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", greedy))
+    assert last.finish_reason in ("eos", "length") and "<fim_middle>" not in middle
