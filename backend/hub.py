@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
+from filelock import FileLock, Timeout
 from huggingface_hub import HfApi, RepoFile, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
@@ -195,8 +196,17 @@ def download(repo: str | RepoRef, models_dir: str | Path = "models", *, token: s
         if on_progress:
             on_progress(DownloadProgress("", 0, 0, size, size, len(files), len(files), 0.0, 0.0, True))
         return DownloadResult(dest, ref, listing.commit, tuple(f.path for f in files), up_to_date=True)
-    staging = _prepare_staging(dest, listing.commit)
+    staging = dest.parent / STAGING_DIR / dest.name
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    # an OS lock, freed even if the process dies: one download per folder across app and CLI. The
+    # lock file stays: deleting it would let a third downloader lock a new file while one waits on the old
+    lock = FileLock(staging.parent / f"{dest.name}.lock")
     try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DownloadError(f"{ref.repo_id} is already being downloaded into {dest}.") from None
+    try:
+        _prepare_staging(staging, listing.commit)
         _check_disk_space(staging, files)
         job = _Fetcher(ref, listing.commit, endpoint, token, staging, files, on_progress,
                        cancel or threading.Event(), retries, backoff)
@@ -206,6 +216,7 @@ def download(repo: str | RepoRef, models_dir: str | Path = "models", *, token: s
         _install(staging, dest, whole=not specific_files)
     finally:
         _drop_if_empty(staging)
+        lock.release()
     return DownloadResult(dest, ref, listing.commit, tuple(f.path for f in files))
 
 
@@ -436,27 +447,20 @@ def _is_up_to_date(dest: Path, commit: str, files: Sequence[RemoteFile]) -> bool
     return all((dest / f.path).is_file() and (dest / f.path).stat().st_size == f.size for f in files)
 
 
-def _prepare_staging(dest: Path, commit: str) -> Path:
-    staging = dest.parent / STAGING_DIR / dest.name
-    marker = staging.parent / f"{dest.name}.commit"
+def _prepare_staging(staging: Path, commit: str) -> None:
+    marker = staging.parent / f"{staging.name}.commit"
     if staging.exists() and (not marker.is_file() or marker.read_text().strip() != commit):
         shutil.rmtree(staging)  # partial files of another commit cannot be resumed
-    staging.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(exist_ok=True)
     marker.write_text(commit + "\n")
-    return staging
 
 
 def _drop_if_empty(staging: Path) -> None:
-    """Remove staging folders that hold nothing worth resuming."""
-    for folder in (staging, staging.parent):
-        try:
-            folder.rmdir()  # only succeeds when empty: safe against a concurrent download
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return
-        if folder == staging:
-            (staging.parent / f"{staging.name}.commit").unlink(missing_ok=True)
+    """Forget a staging folder that holds nothing worth resuming."""
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+    if not staging.exists():
+        (staging.parent / f"{staging.name}.commit").unlink(missing_ok=True)
 
 
 def _staged_size(staging: Path, f: RemoteFile) -> int:

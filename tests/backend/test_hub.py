@@ -63,13 +63,15 @@ def server():
 
 
 @pytest.fixture(autouse=True)
-def _isolated(server, monkeypatch):
+def _isolated(server, monkeypatch, tmp_path_factory):
     server.faults = Faults()
     server.requests.clear()
     # small chunks make progress reports, cancellation and partial writes happen inside a small file
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # no token unless a test gives one: not the developer's saved login, not their environment
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path_factory.getbasetemp() / "no-token"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def fetch(server, models: Path, repo: str = REPO, **kwargs) -> hub.DownloadResult:
@@ -80,6 +82,12 @@ def loadable(models: Path) -> list[str]:
     """What a model list would show: every non-hidden folder."""
     return sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if models.exists() else []
+
+
+def staged(models: Path) -> list[str]:
+    """What a download left aside for a resume (the per-folder lock files stay by design)."""
+    folder = models / hub.STAGING_DIR
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".lock") if folder.exists() else []
 
 
 @pytest.mark.parametrize("name, repo_id, branch, folder", [
@@ -143,7 +151,7 @@ def test_fresh_download_places_verified_files_and_metadata(server, tmp_path):
     assert f"commit: {result.commit}\n" in meta and "download date: " in meta
     for n in EXPECTED_MAIN:
         assert f"    {hashlib.sha256(MAIN[n]).hexdigest()}  {n}\n" in meta
-    assert sorted(p.name for p in models.iterdir()) == ["TheBloke_starcoder-GPTQ"]  # no staging left
+    assert loadable(models) == ["TheBloke_starcoder-GPTQ"] and staged(models) == []
 
 
 def test_second_download_of_same_commit_fetches_nothing(server, tmp_path):
@@ -205,7 +213,7 @@ def test_gated_repo_needs_a_token_and_says_how_to_get_access(server, tmp_path):
     assert "--token" in message and "HF_TOKEN" in message
     with pytest.raises(hub.AccessDeniedError, match="403"):
         fetch(server, tmp_path, GATED, token="hf_wrong")
-    assert loadable(tmp_path) == [] and not (tmp_path / hub.STAGING_DIR).exists()
+    assert loadable(tmp_path) == [] and staged(tmp_path) == []
     result = fetch(server, tmp_path, GATED, token=TOKEN)
     assert (result.path / WEIGHTS).read_bytes() == MAIN[WEIGHTS]
     heads = [h for m, p, h in server.requests if m == "HEAD" and p.endswith(WEIGHTS)]
@@ -274,7 +282,7 @@ def test_background_job_cancel_then_resume_from_the_partial_file(server, tmp_pat
     result = job.wait(timeout=30)
     assert job.progress.finished and (result.path / WEIGHTS).read_bytes() == MAIN[WEIGHTS]
     assert [h.get("range") for h in server.gets(WEIGHTS)] == [f"bytes={size}-"]
-    assert not (tmp_path / hub.STAGING_DIR).exists()
+    assert staged(tmp_path) == []
 
 
 def test_a_download_does_not_block_the_caller(server, tmp_path):
@@ -285,23 +293,34 @@ def test_a_download_does_not_block_the_caller(server, tmp_path):
     assert job.wait(timeout=30).path.is_dir() and job.error is None
 
 
-def _cli(server, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
-    env.pop("HF_TOKEN", None)
+def test_a_second_download_into_the_same_folder_is_refused(server, tmp_path):
+    holding, gate = threading.Event(), threading.Event()
+    first = hub.start_download(REPO, tmp_path, endpoint=server.url,
+                               on_progress=lambda p: (holding.set(), gate.wait(10)))
+    assert holding.wait(10)  # progress starts only once the folder's lock is held
+    with pytest.raises(hub.DownloadError, match="already being downloaded"):
+        fetch(server, tmp_path)
+    gate.set()
+    assert first.wait(timeout=30).path.is_dir()
+
+
+def _cli(server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
     return subprocess.run([sys.executable, "download_model.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
 def test_cli_list_download_and_failure(server, tmp_path):
-    listed = _cli(server, REPO, "--list")
+    listed = _cli(server, tmp_path, REPO, "--list")
     assert listed.returncode == 0 and WEIGHTS in listed.stdout and "total" in listed.stdout
     assert "pytorch_model.bin" in listed.stdout.split("skipped:")[1]
-    done = _cli(server, f"https://huggingface.co/{REPO}/tree/v2", "--models-dir", str(tmp_path), "--threads", "2")
+    done = _cli(server, tmp_path, f"https://huggingface.co/{REPO}/tree/v2", "--models-dir", str(tmp_path), "--threads", "2")
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr and (tmp_path / "TheBloke_starcoder-GPTQ_v2" / "config.json").exists()
-    failed = _cli(server, GATED, "--models-dir", str(tmp_path))
+    failed = _cli(server, tmp_path, GATED, "--models-dir", str(tmp_path))
     assert failed.returncode == 1 and "licence" in failed.stderr and "Traceback" not in failed.stderr
-    escaped = _cli(server, "../../etc", "--models-dir", str(tmp_path))
+    escaped = _cli(server, tmp_path, "../../etc", "--models-dir", str(tmp_path))
     assert escaped.returncode == 1 and "Invalid model name" in escaped.stderr
 
 
