@@ -1,0 +1,1 @@
+"""The Gradio user interface: layout and wiring over one Engine and one Settings object."""

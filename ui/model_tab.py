@@ -1,0 +1,193 @@
+"""The Model tab: choose, inspect, load/unload/reload a model, and save its settings."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import gradio as gr
+import torch
+
+from backend.engine import Engine
+from backend.prompts import DEFAULT_PREAMBLE
+from backend.qlinear import registered_backends
+from backend.settings import Settings, SettingsError
+from ui.params import panel_values, values_from_panel
+
+DTYPES = ["auto", "float16", "bfloat16", "float32"]
+
+
+def kernel_choices() -> list[str]:
+    return ["auto"] + [b.NAME for b in registered_backends()]
+
+
+def device_choices() -> list[tuple[str, str]]:
+    cuda = [(f"cuda:{i} ({torch.cuda.get_device_name(i)})", f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    split = [("auto (split over GPUs and CPU)", "auto")] if cuda else []
+    return [("auto-detect", "auto-detect"), ("cpu", "cpu")] + cuda + split
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclasses.dataclass
+class ModelTab:
+    """The components other tabs wire to."""
+    dropdown: gr.Dropdown
+    refresh: gr.Button
+    autoload: gr.Checkbox
+    load: gr.Button
+    unload: gr.Button
+    reload: gr.Button
+    save: gr.Button
+    kernel: gr.Dropdown
+    device: gr.Dropdown
+    dtype: gr.Dropdown
+    info: gr.Markdown
+    status: gr.Markdown
+
+
+class ModelHandlers:
+    """Handlers for the Model tab; they close over the one Engine and the Settings."""
+
+    def __init__(self, engine: Engine, settings: Settings, startup_note: str = "") -> None:
+        self.engine = engine
+        self.settings = settings
+        self.startup_note = startup_note
+
+    # ------------------------------------------------------------ reading
+
+    def refresh(self, current: str | None) -> dict:
+        names = self.engine.list_models()
+        return gr.update(choices=names, value=current if current in names else None)
+
+    def info(self, name: str | None) -> str:
+        """Markdown: what quantize_config.json says, the memory estimate, and the load facts if loaded."""
+        if not name:
+            return "No model selected."
+        try:
+            model_info = self.engine.inspect(name)
+        except Exception as exc:  # a broken folder is shown, never raised into the UI
+            return f"**{name}** cannot be read: {describe_error(exc)}"
+        summary, estimate = model_info.summary(), model_info.estimate_bytes
+        rows = [f"| {key} | {value} |" for key, value in summary.items() if key != "memory_estimate_gb"]
+        lines = [f"#### {name}", "", "| quantize_config / config | value |", "|---|---|", *rows,
+                 f"| memory estimate (fp16) | {human_bytes(estimate)} |"]
+        loaded = self.engine.loaded
+        if loaded is not None and loaded.name == name:
+            lines += ["", "| layer type | kernel |", "|---|---|"]
+            lines += [f"| {layer} | {kernel} |" for layer, kernel in loaded.kernels.items()]
+            lines += ["", f"Loaded on **{loaded.device}** as **{loaded.dtype}** in {loaded.load_seconds:.2f} s; "
+                          f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)})."]
+        return "\n".join(lines)
+
+    def current_status(self) -> str:
+        loaded = self.engine.loaded
+        note = f"{self.startup_note} " if self.startup_note else ""
+        if loaded is None:
+            return note + "No model loaded: choose one above."
+        return note + f"**{loaded.name}** is loaded ({loaded.device}, {loaded.dtype}, kernel {loaded.kernel})."
+
+    def settings_for(self, name: str | None) -> list[Any]:
+        """kernel, device, dtype, *panel, mode, fim_order, preamble for `name`: its saved values or the defaults."""
+        values = self.settings.for_model(name) if name else dict(self.settings.defaults)
+        return [values.get("kernel", "auto"), values.get("device", "auto-detect"), values.get("dtype", "auto"),
+                *panel_values(values), values.get("mode", "completion"), values.get("fim_order", "psm"),
+                values.get("assistant_preamble") or DEFAULT_PREAMBLE]
+
+    def warnings_note(self) -> str:
+        return " ".join(f"**Settings warning:** {w}" for w in self.settings.take_warnings())
+
+    # ------------------------------------------------------------ acting
+
+    def select(self, name: str | None, autoload: bool) -> list[Any]:
+        """A model was chosen: its settings (never the previous model's), its facts, a status line."""
+        values = self.settings_for(name)
+        warning = self.warnings_note()
+        if autoload and name:
+            self.engine.cancel_all()   # the load queued next must not wait for a long generation
+            status = f"Loading **{name}** …"
+        else:
+            status = f"Selected **{name}**; press Load." if name else "No model selected."
+        return [*values, self.info(name), f"{warning} {status}".strip()]
+
+    def load(self, name: str | None, kernel: str, device: str, dtype: str) -> Iterator[tuple[str, str]]:
+        """Yields (status, info); a failure leaves the app usable and says why."""
+        if not name:
+            yield "Choose a model first.", self.info(name)
+            return
+        yield f"Loading **{name}** (kernel {kernel}, device {device}, dtype {dtype}) …", self.info(name)
+        try:
+            loaded = self.engine.load(name, kernel=kernel, device=device, dtype=dtype)
+        except Exception as exc:
+            yield (f"**Failed** to load **{name}**: {describe_error(exc)} — no model is loaded now; choose "
+                   f"another model or change the options and press Load."), self.info(name)
+            return
+        yield (f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} ({loaded.dtype}), "
+               f"memory used {human_bytes(loaded.memory_bytes)}."), self.info(name)
+
+    def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str,
+                         dtype: str) -> Iterator[tuple[str, str]]:
+        if autoload and name:
+            yield from self.load(name, kernel, device, dtype)
+
+    def cancel_generation(self) -> None:
+        self.engine.cancel_all()
+
+    def unload(self, name: str | None) -> tuple[str, str]:
+        loaded = self.engine.loaded
+        self.engine.unload()
+        message = f"Unloaded **{loaded.name}**." if loaded else "No model was loaded."
+        return message, self.info(name)
+
+    def save(self, name: str | None, kernel: str, device: str, dtype: str, mode: str, fim_order: str,
+             preamble: str, *panel: Any) -> str:
+        if not name:
+            return "Choose a model before saving its settings."
+        values = {"kernel": kernel, "device": device, "dtype": dtype, "mode": mode, "fim_order": fim_order,
+                  **values_from_panel(panel)}
+        if preamble and preamble.strip() != DEFAULT_PREAMBLE.strip():
+            values["assistant_preamble"] = preamble
+        try:
+            self.settings.save_for_model(name, values)
+        except (SettingsError, OSError) as exc:
+            return f"**Settings not saved:** {exc}"
+        return f"Saved settings for **{name}** to {self.settings.user_file.name}."
+
+
+def build_model_tab(handlers: ModelHandlers) -> ModelTab:
+    """Lay out the tab; events that touch other tabs are wired in ui.app."""
+    names = handlers.engine.list_models()
+    loaded = handlers.engine.loaded
+    with gr.Row(equal_height=True):
+        dropdown = gr.Dropdown(names, value=loaded.name if loaded else None, label="Model", scale=4,
+                               elem_id="model-select", allow_custom_value=False)
+        refresh = gr.Button("Refresh", scale=0, min_width=110, elem_id="model-refresh")
+        autoload = gr.Checkbox(True, label="Autoload the model on selection", scale=1, elem_id="autoload")
+    with gr.Row():
+        load = gr.Button("Load", variant="primary", elem_id="model-load")
+        unload = gr.Button("Unload", elem_id="model-unload")
+        reload = gr.Button("Reload the model", elem_id="model-reload")
+        save = gr.Button("Save settings for this model", elem_id="model-save")
+    status = gr.Markdown(handlers.current_status(), elem_id="model-status")
+    with gr.Row():
+        with gr.Column(scale=1):
+            kernel = gr.Dropdown(kernel_choices(), value="auto", label="Kernel", allow_custom_value=True,
+                                 info="auto takes the fastest kernel that supports the checkpoint",
+                                 elem_id="model-kernel")
+            device = gr.Dropdown(device_choices(), value="auto-detect", label="Device", allow_custom_value=True,
+                                 elem_id="model-device")
+            dtype = gr.Dropdown(DTYPES, value="auto", label="Compute dtype", elem_id="model-dtype",
+                                info="auto: float16 on GPU, bfloat16 on CPU")
+        with gr.Column(scale=2):
+            info = gr.Markdown(handlers.info(loaded.name if loaded else None), elem_id="model-info")
+    refresh.click(handlers.refresh, inputs=dropdown, outputs=dropdown, queue=False)
+    return ModelTab(dropdown, refresh, autoload, load, unload, reload, save, kernel, device, dtype, info, status)
