@@ -107,7 +107,8 @@ def resolve_weights(model_dir: Path, model_basename: str | None, qcfg: QuantConf
 def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype,
                    layer_class=TorchQuantLinear) -> GPTBigCodeForCausalLM:
     """The model on the meta device with every quantized Linear already a QuantLinear."""
-    with init_empty_weights(include_buffers=False):
+    # buffers on meta too: the 8192² causal-mask buffer is built once, after loading, not per skeleton
+    with init_empty_weights(include_buffers=True):
         model = GPTBigCodeForCausalLM(config).to(dtype)
     for name, linear in list(quantized_linears(model)):
         qcfg.check_layer(name, linear.in_features)
@@ -326,10 +327,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
         model.lm_head.weight = wte
     else:
         model.lm_head.weight = nn.Parameter(head, requires_grad=False)
-    for name, buf in model.named_buffers():
-        if buf.device.type != "meta":
-            key_dev = _placement([name], device_map)[name]
-            _set_buffer(model, name, buf.to(key_dev))
+    _materialize_causal_mask(model, _placement(["transformer.wte.weight"], device_map)["transformer.wte.weight"])
     for _, layer in quantized_linears(model):
         layer.post_init()
     model.eval()
@@ -345,11 +343,14 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     return model
 
 
-def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    parent, _, child = name.rpartition(".")
-    module = model.get_submodule(parent)
-    persistent = child not in module._non_persistent_buffers_set
-    module.register_buffer(child, value, persistent=persistent)
+def _materialize_causal_mask(model: GPTBigCodeForCausalLM, device: torch.device) -> None:
+    # GPTBigCode keeps a non-persistent [n_positions, n_positions] mask that no checkpoint holds
+    n = model.config.max_position_embeddings
+    model.transformer.register_buffer("bias", torch.tril(torch.ones((n, n), dtype=torch.bool, device=device)),
+                                      persistent=False)
+    leftover = [name for name, buf in model.named_buffers() if buf.device.type == "meta"]
+    if leftover:
+        raise ModelLoadError(f"internal: buffers left unloaded: {', '.join(leftover)}")
 
 
 def kernel_report(model: nn.Module) -> dict[str, str]:
