@@ -12,8 +12,8 @@ import torch
 
 from backend import prompts
 from backend.generate import Chunk, GenerationError, GenerationParams, fim_ids, fit_context, stream
-from backend.loader import (ModelLoadError, build_skeleton, estimate_memory, from_quantized, load_model_config,
-                            load_tokenizer, resolve_weights)
+from backend.loader import (ModelLoadError, build_skeleton, estimate_memory, from_quantized, has_separate_head,
+                            load_model_config, load_tokenizer, resolve_weights)
 from backend.quant_config import QuantConfig, QuantConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -100,7 +100,7 @@ class Engine:
         qcfg = QuantConfig.from_dir(path)
         config = load_model_config(path)
         files = resolve_weights(path, None, qcfg, allow_pickle=False)
-        estimate = estimate_memory(build_skeleton(config, qcfg, torch.float16))
+        estimate = estimate_memory(build_skeleton(config, qcfg, torch.float16), has_separate_head(files))
         return ModelInfo(name, path, qcfg, tuple(p.name for p in files), estimate.total_bytes,
                          config.n_positions, config.n_layer, config.n_embd)
 

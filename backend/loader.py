@@ -129,8 +129,12 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
-def estimate_memory(model: nn.Module) -> MemoryEstimate:
-    """Bytes of every tensor the loaded model will hold, computed from the meta skeleton."""
+def estimate_memory(model: nn.Module, separate_head: bool = False) -> MemoryEstimate:
+    """Bytes of every tensor the loaded model will hold, computed from the meta skeleton.
+
+    `separate_head`: the file carries its own lm_head.weight, which is only shared with the input
+    embedding once loading shows the two are equal; before that, count it (an upper bound).
+    """
     quant = sum(t.numel() * t.element_size() for _, m in quantized_linears(model)
                 for t in m.state_dict().values())
     seen, dense = set(), 0
@@ -139,7 +143,23 @@ def estimate_memory(model: nn.Module) -> MemoryEstimate:
             continue
         seen.add(id(p))
         dense += p.numel() * p.element_size()
+    head = model.get_output_embeddings().weight
+    if separate_head and head is model.get_input_embeddings().weight:
+        dense += head.numel() * head.element_size()
     return MemoryEstimate(quant, dense)
+
+
+def has_separate_head(files: list[Path]) -> bool:
+    """Whether the checkpoint stores lm_head.weight (read from the safetensors headers only)."""
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    if "lm_head.weight" in handle.keys():
+                        return True
+            except Exception:  # unreadable headers are reported by the load itself
+                return False
+    return False
 
 
 # ---------------------------------------------------------------- loading tensors
@@ -300,7 +320,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     files = resolve_weights(model_dir, model_basename, qcfg, allow_pickle)
 
     skeleton = build_skeleton(config, qcfg, dtype)
-    estimate = estimate_memory(skeleton)
+    estimate = estimate_memory(skeleton, has_separate_head(files))
     device_map = _device_map(skeleton, device, max_memory)
     if check_memory and device != "auto":
         free = _available_bytes(torch.device(device))
@@ -371,5 +391,5 @@ def load_tokenizer(model_dir: str | os.PathLike):
                              f"tokenizer.json and tokenizer_config.json from the model repo.") from None
 
 
-__all__ = ["from_quantized", "load_tokenizer", "estimate_memory", "build_skeleton", "ModelLoadError",
-           "MemoryEstimate", "QuantConfigError", "resolve_weights"]
+__all__ = ["from_quantized", "load_tokenizer", "estimate_memory", "has_separate_head", "build_skeleton",
+           "ModelLoadError", "MemoryEstimate", "QuantConfigError", "resolve_weights"]

@@ -34,10 +34,13 @@ def test_real_starcoder_config_on_meta_device():
             assert state[f"{prefix}.bias"].shape == (n,)
     assert state["transformer.wte.weight"].shape == (49152, 6144)
     assert state["transformer.wpe.weight"].shape == (8192, 6144)
-    estimate = loader.estimate_memory(model)
-    # files.tsv: model.safetensors is 8.91 GB (4-bit layers + fp16 embeddings, norms and lm_head)
+    # files.tsv: model.safetensors is 8.91 GB (4-bit layers + fp16 embeddings, norms and its own lm_head)
+    estimate = loader.estimate_memory(model, separate_head=True)
     assert 8.8e9 < estimate.total_bytes < 9.0e9
     assert 7.5e9 < estimate.quantized_bytes < 7.7e9
+    # a head equal to the embedding is shared once loaded: 49152 × 6144 fp16 less
+    shared = loader.estimate_memory(model, separate_head=False)
+    assert estimate.total_bytes - shared.total_bytes == 49152 * 6144 * 2
 
 
 CASES = [  # AutoGPTQ writes v1 ("gptq"); GPTQModel writes v2 and its own keys
