@@ -1,0 +1,236 @@
+"""Request bodies, response shapes and errors of the HTTP API: OpenAI's completions and chat, llama.cpp's /infill."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.engine import NoModelLoaded
+from backend.generate import Chunk, GenerationError, GenerationParams
+
+log = logging.getLogger(__name__)
+GENERATION_FIELDS = {f.name for f in dataclasses.fields(GenerationParams)}
+
+
+class _Body(BaseModel):
+    # editor plugins send fields we do not use (user, logit_bias, cache_prompt, id_slot, ...): ignore, not 400
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Samplers(_Body):
+    """Sampler fields beyond OpenAI's, as text-generation-webui accepts them (the openai client: extra_body)."""
+    top_k: int | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class CompletionRequest(_Samplers):
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    suffix: str | None = None                   # a string, even "", asks for fill-in-the-middle
+    max_tokens: int | None = None               # None: the model's saved max_new_tokens
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    fim_order: Literal["psm", "spm"] | None = None
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """Plain text; OpenAI's list-of-parts content keeps only its text parts."""
+        if isinstance(self.content, list):
+            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(_Samplers):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ExtraChunk(_Body):
+    filename: str = ""
+    text: str = ""
+
+
+class InfillRequest(_Body):
+    """llama.cpp server's /infill body; unknown fields (n_indent, t_max_predict_ms, samplers...) are ignored."""
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[ExtraChunk] = Field(default_factory=list)
+    prompt: str = ""
+    n_predict: int | None = None                # -1: until EOS or the end of the context
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None                     # -1 or 4294967295: random, as in llama.cpp
+    stop: list[str] | None = None
+    stream: bool = False
+
+
+class TokenCountRequest(_Body):
+    text: str
+
+
+class LoadRequest(_Body):
+    model_name: str
+    kernel: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+# ---------------------------------------------------------------- errors
+
+class APIError(Exception):
+    """An error meant for the client, answered in OpenAI's JSON shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+class ClientGone(Exception):
+    """The client disconnected; its generation is cancelled and nobody reads the answer."""
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception; only unexpected ones are 500."""
+    if isinstance(exc, APIError):
+        return exc.status, error_body(exc.message, exc.kind, exc.param, exc.code), {}
+    if isinstance(exc, GenerationError):
+        # its messages begin with the parameter's name ("temperature must be ≥ 0")
+        first = str(exc).split(" ", 1)[0]
+        param = first if first in GENERATION_FIELDS and first != "max_new_tokens" else None
+        return 400, error_body(str(exc), "invalid_request_error", param), {}
+    if isinstance(exc, NoModelLoaded):
+        # the openai client retries 503s by default; retrying cannot help until someone loads a model
+        return 503, error_body(str(exc), "server_error", code="model_not_loaded"), {"x-should-retry": "false"}
+    log.error("API request failed", exc_info=exc)
+    return 500, error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error"), {}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status, body, headers = describe_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------- OpenAI responses
+
+# "cancelled" (the model was swapped meanwhile) is not an OpenAI value; "length" tells a client the text was cut
+OPENAI_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "length"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(last: Chunk) -> dict[str, int]:
+    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens}
+
+
+def completion(rid: str, model: str, text: str, last: Chunk) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None,
+                         "finish_reason": OPENAI_FINISH[last.finish_reason or "length"]}],
+            "usage": usage(last)}
+
+
+def completion_chunk(rid: str, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None,
+                         "finish_reason": OPENAI_FINISH[finish] if finish else None}]}
+
+
+def chat(rid: str, model: str, text: str, last: Chunk) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": OPENAI_FINISH[last.finish_reason or "length"]}],
+            "usage": usage(last)}
+
+
+def chat_chunk(rid: str, model: str, delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": OPENAI_FINISH[finish] if finish else None}]}
+
+
+def usage_chunk(rid: str, model: str, obj: str, last: Chunk) -> dict[str, Any]:
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(last)}
+
+
+# ---------------------------------------------------------------- llama.cpp responses
+
+_STOP_TYPE = {"eos": "eos", "stop": "word", "length": "limit", "cancelled": "limit"}
+
+
+def infill_final(model: str, content: str, first: Chunk, last: Chunk, params: GenerationParams,
+                 n_ctx: int, stream: bool) -> dict[str, Any]:
+    """llama.cpp's final /completion object. prompt_ms is the time to the first text (prefill + first token)."""
+    reason = last.finish_reason or "length"
+    prompt_ms = first.elapsed_s * 1000
+    predicted_ms = max(last.elapsed_s * 1000 - prompt_ms, 0.0)
+    n_pred = last.completion_tokens
+    return {
+        "index": 0, "id_slot": 0, "content": content, "stop": True, "model": model,
+        "tokens_predicted": n_pred, "tokens_evaluated": last.prompt_tokens, "tokens_cached": 0,
+        "truncated": last.truncated_tokens > 0, "has_new_line": "\n" in content,
+        "stop_type": _STOP_TYPE[reason], "stopped_eos": reason == "eos", "stopped_word": reason == "stop",
+        "stopped_limit": reason in ("length", "cancelled"), "stopping_word": "",
+        "generation_settings": {"n_ctx": n_ctx, "n_predict": params.max_new_tokens, "model": model,
+                                "seed": params.seed, "temperature": params.temperature, "top_k": params.top_k,
+                                "top_p": params.top_p, "min_p": params.min_p, "typical_p": params.typical_p,
+                                "repeat_penalty": params.repetition_penalty, "stop": list(params.stop),
+                                "stream": stream},
+        "timings": {"prompt_n": last.prompt_tokens, "prompt_ms": prompt_ms,
+                    "prompt_per_token_ms": prompt_ms / max(last.prompt_tokens, 1),
+                    "prompt_per_second": last.prompt_tokens / (prompt_ms / 1000) if prompt_ms else 0.0,
+                    "predicted_n": n_pred, "predicted_ms": predicted_ms,
+                    "predicted_per_token_ms": predicted_ms / max(n_pred, 1),
+                    "predicted_per_second": n_pred / (predicted_ms / 1000) if predicted_ms else 0.0},
+    }
+
+
+def infill_partial(content: str, last: Chunk) -> dict[str, Any]:
+    return {"index": 0, "id_slot": 0, "content": content, "stop": False,
+            "tokens_predicted": last.completion_tokens, "tokens_evaluated": last.prompt_tokens}
