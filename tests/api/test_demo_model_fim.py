@@ -1,0 +1,45 @@
+"""FIM through the API on the real demo model: only the middle comes back, and it is the engine's own infill."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from backend.api import create_api
+from backend.engine import Engine
+from backend.generate import GenerationParams
+from backend.settings import BUILTIN_DEFAULTS, GENERATION_KEYS, Settings
+from tests.api.conftest import serve
+
+PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+SUFFIX = "\n\nprint(fibonacci(10))\n"
+
+
+@pytest.fixture(scope="module")
+def demo_api(demo_dir, tmp_path_factory):
+    engine = Engine(demo_dir.parent)
+    engine.load(demo_dir.name, device="cpu")
+    # the built-in defaults, not whatever a user saved for the demo model in models/config-user.yaml
+    settings = Settings(dict(BUILTIN_DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
+    with serve(create_api(engine, settings)) as url:
+        yield engine, url
+
+
+def test_fim_returns_the_engines_middle_and_nothing_else(demo_api, demo_dir):
+    engine, url = demo_api
+    params = GenerationParams.from_dict({**{k: BUILTIN_DEFAULTS[k] for k in GENERATION_KEYS},
+                                         "max_new_tokens": 48, "seed": 1234})
+    middle = "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    out = client.completions.create(model=demo_dir.name, prompt=PREFIX, suffix=SUFFIX, max_tokens=48, seed=1234)
+    text = out.choices[0].text
+    assert text == middle
+    assert PREFIX + text + SUFFIX == PREFIX + middle + SUFFIX
+    # only the middle: neither the code before the gap nor the code after it is echoed back
+    assert not text.startswith(PREFIX) and not text.endswith(SUFFIX)
+    assert "<fim_" not in text and "<|endoftext|>" not in text
+
+    infill = httpx.post(f"{url}/infill", json={"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 48,
+                                               "seed": 1234}, timeout=300).json()
+    assert infill["content"] == middle
