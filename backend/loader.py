@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTB
 
 from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
 from backend.quant_config import QuantConfig, QuantConfigError
+from kernels.reference import dequantize
 
 QUANTIZED_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -380,6 +381,24 @@ def kernel_report(model: nn.Module) -> dict[str, str]:
         kind = next(k for k in QUANTIZED_LAYERS if name.endswith(k))
         report.setdefault(kind, set()).add(layer.NAME)
     return {k: ", ".join(sorted(v)) for k, v in report.items()}
+
+
+def load_dequantized(model_dir: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> GPTBigCodeForCausalLM:
+    """The same checkpoint as a plain transformers model with dense weights (for comparisons)."""
+    model = from_quantized(model_dir, kernel="torch", torch_dtype=torch.float32, check_memory=False)
+    dense = GPTBigCodeForCausalLM(model.config).to(torch_dtype).eval()
+    state = {k: v for k, v in model.state_dict().items()
+             if not ".".join(k.split(".")[:-1]).endswith(QUANTIZED_LAYERS)}
+    for name, layer in quantized_linears(model):
+        state[f"{name}.weight"] = dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits,
+                                             layer.zero_offset).T
+        if layer.bias is not None:
+            state[f"{name}.bias"] = layer.bias
+    dense.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
+    if model.lm_head.weight is model.transformer.wte.weight:
+        dense.lm_head.weight = dense.transformer.wte.weight
+    dense.generation_config = model.generation_config
+    return dense
 
 
 def load_tokenizer(model_dir: str | os.PathLike):
