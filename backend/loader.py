@@ -245,7 +245,8 @@ def resolve_dtype(torch_dtype: Any, device: str) -> torch.dtype:
         return torch_dtype
     if torch_dtype in (None, "auto"):
         # CPU: bf16 is what the packed-int4 CPU kernel is fast with; GPU: fp16 like the checkpoint
-        return torch.float16 if str(device).startswith("cuda") or device == "auto" else torch.bfloat16
+        on_gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        return torch.float16 if on_gpu else torch.bfloat16
     try:
         value = getattr(torch, str(torch_dtype))
     except AttributeError:
@@ -272,7 +273,11 @@ def _available_bytes(device: torch.device) -> int | None:
 def _device_map(model: nn.Module, device: str, max_memory: dict | None) -> dict[str, str]:
     if device != "auto":
         return {"": device}
-    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=["GPTBigCodeBlock"])
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=["GPTBigCodeBlock"])
+    if "disk" in device_map.values():
+        raise ModelLoadError(f"the model does not fit in the memory allowed (max_memory={max_memory}); raise the "
+                             f"limits or free memory (offloading weights to disk is not supported).")
+    return device_map
 
 
 def _placement(state_keys, device_map: dict[str, Any]) -> dict[str, torch.device]:

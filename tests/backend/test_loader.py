@@ -217,6 +217,17 @@ def test_missing_pieces(tmp_path):
         from_quantized(tmp_path)
 
 
+def test_auto_device_map_with_memory_limits(tmp_path):
+    dense = write_checkpoint(tmp_path)
+    model = from_quantized(tmp_path, device="auto", torch_dtype=torch.float32, max_memory={"cpu": 10**9})
+    assert set(model.hf_device_map.values()) == {"cpu"}
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelLoadError, match="does not fit in the memory allowed"):
+        from_quantized(tmp_path, device="auto", max_memory={"cpu": 1000})
+
+
 def test_refuses_when_memory_cannot_fit(tmp_path, monkeypatch):
     write_checkpoint(tmp_path)
     monkeypatch.setattr(loader, "_available_bytes", lambda device: 1000)
