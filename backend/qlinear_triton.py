@@ -1,0 +1,50 @@
+"""The Triton QuantLinear backend: rows sorted by group once at load, fused dequant + matmul per call."""
+from __future__ import annotations
+
+import torch
+
+from backend.qlinear import BaseQuantLinear
+
+try:
+    from kernels import triton_gptq
+except ImportError:  # triton is not installed (e.g. macOS): the backend reports it and is skipped
+    triton_gptq = None
+
+
+class TritonQuantLinear(BaseQuantLinear):
+    """2/4/8-bit GPTQ on CUDA in fp16/bf16; on CPU only under TRITON_INTERPRET=1 (fp32 too, for CI)."""
+
+    NAME = "triton"
+    SUPPORTED_BITS = (2, 4, 8)
+    SUPPORTED_DEVICES = ("cuda", "cpu")
+    SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+    @classmethod
+    def validate_extra(cls, *, bits: int, group_size: int, in_features: int, out_features: int,
+                       device: torch.device, dtype: torch.dtype) -> str | None:
+        if triton_gptq is None:
+            return "a machine without triton installed"
+        if device.type == "cpu" and not triton_gptq.interpreting():
+            return "device cpu (Triton runs on CPU only in its interpreter, TRITON_INTERPRET=1)"
+        if device.type == "cuda" and dtype == torch.float32:
+            return "dtype torch.float32 on cuda (supports torch.float16, torch.bfloat16)"
+        g = in_features if group_size == -1 else group_size
+        # a K tile (>= 16 rows) must lie inside one group
+        if g < in_features and (g < 16 or g & (g - 1)):
+            return f"group size {g} (supports -1 or a power of two >= 16)"
+        if out_features % (32 // bits):
+            return f"out_features {out_features} not packable in {bits}-bit zeros"
+        return None
+
+    def post_init(self) -> None:
+        qweight, zeros, perm = triton_gptq.prepare(self.qweight, self.qzeros, self.g_idx, self.bits,
+                                                   self.group_size)
+        self.qweight = qweight
+        self.qzeros = None
+        self.register_buffer("zeros", zeros)     # [G, N] uint8, the stored (offset) zero points
+        self.register_buffer("perm", perm)       # [K] int32 column order of x, or None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [..., K] -> [..., N]
+        return triton_gptq.gptq_matmul(x, self.qweight, self.zeros, self.scales, self.bits,
+                                       self.group_size, self.bias, self.zero_offset, self.perm)

@@ -1,0 +1,95 @@
+"""Exact conversion of GPTQ 4-bit layers to PyTorch's packed-int4 matmuls (CPU and CUDA tinygemm)."""
+from __future__ import annotations
+
+import torch
+
+from kernels import reference
+
+GROUP_SIZES = (32, 64, 128, 256)
+# tinygemm packs k in tiles of 16 with 2/4/8 tiles back to back; 8 gives 16-byte loads
+CUDA_INNER_K_TILES = (8, 4, 2)
+
+
+def pack_group_size(in_features: int, group_size: int) -> int | None:
+    """The op's group size for a GPTQ layer, or None when it cannot be expressed.
+
+    Group -1 (one group over K) becomes the largest supported size dividing K, its scale repeated.
+    """
+    if group_size >= in_features:
+        return next((g for g in reversed(GROUP_SIZES) if in_features % g == 0), None)
+    if group_size in GROUP_SIZES and in_features % group_size == 0:
+        return group_size
+    return None
+
+
+def unsupported_reason(in_features: int, out_features: int, group_size: int, device_type: str) -> str | None:
+    """Why this layer shape cannot use the packed-int4 op on `device_type`, or None."""
+    if pack_group_size(in_features, group_size) is None:
+        return (f"group size {group_size} with in_features {in_features} (needs a group of "
+                f"{'/'.join(map(str, GROUP_SIZES))} dividing in_features)")
+    if device_type == "cpu" and out_features % 16:
+        return f"out_features {out_features} (the CPU int4 op needs a multiple of 16)"
+    if device_type == "cuda":
+        if out_features % 8:
+            return f"out_features {out_features} (tinygemm needs a multiple of 8)"
+        if in_features % (16 * CUDA_INNER_K_TILES[-1]):
+            return f"in_features {in_features} (tinygemm needs a multiple of 32)"
+    return None
+
+
+def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+            group_size: int, zero_offset: int, dtype: torch.dtype
+            ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    """GPTQ 4-bit → (packed weight, scale_and_zeros [G', N, 2] in `dtype`, op group size, perm).
+
+    The op computes w = (q - 8) * scale + zero_f; GPTQ's w = scale * (q - z), so zero_f = scale * (8 - z).
+    With act-order the rows are sorted by group here and `perm` must gather x's columns at run time.
+    """
+    K, N = g_idx.shape[0], qweight.shape[1]
+    op_group = pack_group_size(K, group_size)
+    reason = unsupported_reason(K, N, group_size, qweight.device.type)
+    if reason is not None or op_group is None:
+        raise ValueError(f"packed int4 cannot represent this layer: {reason}")
+    q = reference.unpack(qweight, 4, K, dim=0)                                # [K, N]
+    z = reference.unpack_zeros(qzeros, 4, N, zero_offset).to(torch.float32)   # [G, N]
+    g = g_idx.long()
+    perm = None
+    if bool((g[1:] < g[:-1]).any()):
+        perm = torch.argsort(g, stable=True)
+        q, g = q.index_select(0, perm), g[perm]
+    if not torch.equal(g, torch.arange(K, device=g.device) // group_size):
+        raise ValueError("g_idx is not a GPTQ group pattern; use the torch kernel")
+    s = scales.to(torch.float32)
+    if group_size >= K:
+        s = s.expand(K // op_group, N)
+        z = z.expand(K // op_group, N)
+    zero_f = s * (8 - z)
+    scale_and_zeros = torch.stack([s, zero_f], dim=-1).to(dtype).contiguous()   # [G', N, 2]
+    q_nk = q.t().contiguous()                                                     # [N, K]
+    if qweight.device.type == "cuda":
+        # tinygemm takes two k values per byte, the even one in the high nibble
+        q_u8 = ((q_nk[:, ::2] << 4) | q_nk[:, 1::2]).to(torch.uint8)
+        tiles = next(t for t in CUDA_INNER_K_TILES if K % (16 * t) == 0)
+        packed = torch.ops.aten._convert_weight_to_int4pack(q_u8.contiguous(), tiles)
+    else:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk.to(torch.int32), 1)
+    return packed, scale_and_zeros, op_group, (perm.to(torch.int32) if perm is not None else None)
+
+
+def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torch.Tensor,
+                    op_group: int, bias: torch.Tensor | None = None,
+                    perm: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W + bias with W from `convert`; x: [..., K] in scale_and_zeros' dtype -> [..., N]."""
+    K = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)                                                       # [M, K]
+    if perm is not None:
+        x2 = x2.index_select(1, perm)
+    x2 = x2.contiguous()
+    if x2.device.type == "cuda":
+        y = torch.ops.aten._weight_int4pack_mm(x2, packed, op_group, scale_and_zeros)
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, op_group, scale_and_zeros)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*lead, y.shape[-1])

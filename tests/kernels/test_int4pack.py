@@ -1,0 +1,58 @@
+"""GPTQ 4-bit → PyTorch packed-int4 (CPU op for real, CUDA tinygemm on a GPU) against the reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import int4pack, reference
+
+# (M, K, N, group_size, act_order, sym): N a multiple of 16 (the op's rule), K off 128 where allowed
+CASES = [
+    (1, 96, 48, -1, False, True),
+    (1, 384, 64, 128, True, False),
+    (3, 224, 80, 32, True, True),
+    (16, 192, 48, 64, False, False),
+    (77, 320, 32, -1, True, False),
+    (77, 256, 112, 128, False, True),
+]
+
+
+def _check(gptq, case, dtype, device):
+    M, K, N, group_size, act_order, sym = case
+    t = gptq.make(K, N, 4, group_size, act_order, sym)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ref = reference.gptq_matmul(x, t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 4, t["bias"])
+    g = K if group_size == -1 else group_size
+    t = {k: v.to(device) for k, v in t.items()}
+    packed, scale_and_zeros, op_group, perm = int4pack.convert(
+        t["qweight"], t["qzeros"], t["scales"], t["g_idx"], g, 1, dtype)
+    y = int4pack.int4pack_matmul(x.to(device), packed, scale_and_zeros, op_group, t["bias"].to(dtype), perm)
+    assert y.shape == (M, N) and y.dtype == dtype
+    gptq.assert_close(y.cpu(), ref, dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "M{}-K{}-N{}-g{}-act{}-sym{}".format(*c))
+def test_cpu_bf16_matches_reference(gptq, case):
+    _check(gptq, case, torch.bfloat16, "cpu")
+
+
+def test_cpu_mapping_is_exact_in_fp32(gptq):
+    # fp32 scale/zero keep zero_f = scale * (8 - z) exact: only summation order differs
+    _check(gptq, (3, 256, 32, 64, True, False), torch.float32, "cpu")
+
+
+def test_group_minus_one_repeats_one_scale():
+    assert int4pack.pack_group_size(6144, 6144) == 256
+    assert int4pack.pack_group_size(96, 96) == 32
+    assert int4pack.pack_group_size(100, 100) is None
+    assert int4pack.pack_group_size(6144, 16) is None
+    assert "multiple of 16" in int4pack.unsupported_reason(256, 40, 128, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES[1:] + [(1, 6144, 6400, -1, True, True), (512, 6144, 6144, 128, True, False)],
+                         ids=lambda c: "M{}-K{}-N{}-g{}-act{}-sym{}".format(*c))
+def test_tinygemm_matches_reference(gptq, case):
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("tinygemm needs compute capability 8.0+")
+    _check(gptq, case, torch.bfloat16, "cuda")
