@@ -33,15 +33,22 @@ def api_warning(listen: bool, api_key: str | None) -> str | None:
     return None
 
 
-class _BearerAuth:
-    """ASGI middleware: API paths need `Authorization: Bearer KEY`, checked before the body is even read."""
+class _Gate:
+    """ASGI middleware for the API's paths: the bearer key (checked before the body is read), and JSON bodies.
 
-    def __init__(self, app, key: str) -> None:
-        self.app, self.key = app, key.encode()
+    llama.cpp reads every body as JSON whatever its Content-Type, and `curl -d` sends a form type; so do we.
+    """
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app, self.key = app, key.encode() if key else None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(GUARDED_PATHS):
-            scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.key is not None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
                 response = JSONResponse(
                     error_body("missing or wrong API key: send the header 'Authorization: Bearer KEY' with the "
@@ -49,6 +56,9 @@ class _BearerAuth:
                                code="invalid_api_key"), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
+        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(b"application/json"):
+            kept = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=kept + [(b"content-type", b"application/json")])
         await self.app(scope, receive, send)
 
 
@@ -139,8 +149,7 @@ class _Service:
 def create_api(engine: Engine, settings: Settings, api_key: str | None = None) -> FastAPI:
     """The API app; app.py mounts the web UI onto it (gr.mount_gradio_app) or serves it alone (--nowebui)."""
     app = FastAPI(title="StarCoder WebUI API", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
-    if api_key:
-        app.add_middleware(_BearerAuth, key=api_key)
+    app.add_middleware(_Gate, key=api_key)
     svc = _Service(engine, settings)
 
     async def on_error(request: Request, exc: Exception) -> Response:
@@ -153,6 +162,8 @@ def create_api(engine: Engine, settings: Settings, api_key: str | None = None) -
         if err.get("type") == "json_invalid":
             return JSONResponse(error_body(f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
                                            "invalid_request_error"), status_code=400)
+        if tuple(err.get("loc", ())) == ("body",):
+            return JSONResponse(error_body("the body must be a JSON object.", "invalid_request_error"), status_code=400)
         param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
         message = f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request")
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)

@@ -6,7 +6,6 @@ import collections
 import contextlib
 import json
 import threading
-import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import Request
@@ -15,21 +14,24 @@ from fastapi.responses import StreamingResponse
 from backend.api_schemas import APIError, ClientGone, describe_error
 from backend.generate import Chunk
 
-POLL_S = 0.2                                    # how often a waiting request checks that its client is still there
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _END = object()
 
 
 class GenerationRun:
-    """One generation on its own thread; the event loop awaits its chunks and cancels it if the client leaves."""
+    """One generation on its own thread; the event loop awaits its chunks and cancels it if the client leaves.
+
+    Until the response starts, a watcher task listens for the client's disconnect (the body has been read, so the
+    next ASGI message can only be that): a request still queued for the engine's lock, or a non-streamed one,
+    is cancelled the moment its client goes. Once streaming, Starlette's StreamingResponse notices instead and
+    closes the event generator, whose `finally` cancels.
+    """
 
     def __init__(self, request: Request, start: Callable[[threading.Event], Iterator[Chunk]]) -> None:
-        self.request = request
         self.cancel = threading.Event()
         self.client_gone = False
         self._items: collections.deque = collections.deque()
         self._ready = asyncio.Event()
-        self._checked = time.monotonic()
         loop = asyncio.get_running_loop()
 
         def push(item: Any) -> None:
@@ -47,16 +49,21 @@ class GenerationRun:
                 push(_END)
 
         threading.Thread(target=work, name="api-generation", daemon=True).start()
+        self._watcher = asyncio.create_task(self._watch(request))
+
+    async def _watch(self, request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        self.cancel.set()
+        self._ready.set()
+
+    def stop_watching(self) -> None:
+        self._watcher.cancel()
 
     async def next(self) -> Chunk | None:
-        """The next chunk; None once generation ended, or once the client left (which cancels it)."""
-        while True:
-            if time.monotonic() - self._checked >= POLL_S:
-                self._checked = time.monotonic()
-                if await self.request.is_disconnected():
-                    self.client_gone = True
-                    self.cancel.set()
-                    return None
+        """The next chunk; None once generation ended or the client left."""
+        while not self.client_gone:
             if self._items:
                 item = self._items[0]
                 if item is _END:
@@ -66,14 +73,19 @@ class GenerationRun:
                     raise item
                 return item
             self._ready.clear()
-            if not self._items:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), POLL_S)
+            if not self._items and not self.client_gone:
+                await self._ready.wait()
+        return None
 
     async def first(self) -> Chunk:
         """The first chunk, awaited before any header is sent so that errors get their own status code."""
-        chunk = await self.next()
+        try:
+            chunk = await self.next()
+        except BaseException:
+            self.stop_watching()
+            raise
         if chunk is None:
+            self.stop_watching()
             if self.client_gone:
                 raise ClientGone()
             raise APIError(503, "the generation was cancelled before it began because the model was loaded or "
@@ -81,9 +93,13 @@ class GenerationRun:
         return chunk
 
     async def rest(self, first: Chunk) -> list[Chunk]:
-        chunks = [first]
-        while (chunk := await self.next()) is not None:
-            chunks.append(chunk)
+        """All chunks of a non-streamed answer."""
+        try:
+            chunks = [first]
+            while (chunk := await self.next()) is not None:
+                chunks.append(chunk)
+        finally:
+            self.stop_watching()
         if self.client_gone:
             raise ClientGone()
         return chunks
@@ -95,8 +111,9 @@ def sse(data: dict[str, Any] | str) -> str:
 
 def event_stream(run: GenerationRun, first: Chunk, render: Callable[[Chunk], list[dict]], prelude: list[dict],
                   closing: Callable[[Chunk], list[dict]], done: bool = True) -> StreamingResponse:
-    """Server-sent events; a client that goes away cancels the generation (finally, or run.next's check)."""
+    """Server-sent events; a client that goes away closes this generator, and so cancels the generation."""
     async def events() -> AsyncIterator[str]:
+        run.stop_watching()                             # StreamingResponse listens for the disconnect from here on
         try:
             for item in prelude:
                 yield sse(item)
