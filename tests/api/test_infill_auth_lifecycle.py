@@ -65,6 +65,15 @@ def test_infill_trims_a_prompt_too_long_for_the_context(base_url):
     assert out["truncated"] is True and out["tokens_evaluated"] <= 2048 - 4
 
 
+def test_infill_reads_json_whatever_the_content_type(base_url):
+    # llama.cpp does, and `curl -d '{...}'` sends application/x-www-form-urlencoded
+    out = httpx.post(f"{base_url}/infill", content=json.dumps({"input_prefix": PREFIX, "n_predict": 2}),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert out.status_code == 200 and out.json()["tokens_predicted"] == 2
+    not_an_object = httpx.post(f"{base_url}/infill", json=[1, 2], timeout=30)
+    assert not_an_object.status_code == 400 and "JSON object" in not_an_object.json()["error"]["message"]
+
+
 def test_infill_errors(base_url):
     bad = httpx.post(f"{base_url}/infill", json={"input_prefix": PREFIX, "n_predict": 5000}, timeout=30)
     assert bad.status_code == 400 and "max_new_tokens" in bad.json()["error"]["message"]
@@ -195,3 +204,19 @@ def test_client_leaving_a_non_streamed_request_cancels_it(base_url, engine):
     record = _wait_cancelled(engine, before)
     assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500
     assert httpx.post(f"{base_url}/infill", json={"input_prefix": PREFIX, "n_predict": 2}, timeout=30).status_code == 200
+
+
+def test_client_leaving_while_queued_never_generates(base_url, engine):
+    """B waits behind A for the engine's lock, leaves, and is skipped when A is done."""
+    before = len(engine.runs)
+    with httpx.stream("POST", f"{base_url}/v1/completions", timeout=60,
+                      json={"prompt": PREFIX, "max_tokens": 1500, "stream": True}) as response:
+        lines = response.iter_lines()          # kept referenced: a closed iterator would close the connection
+        next(line for line in lines if line.startswith("data: "))
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base_url}/v1/completions", json={"prompt": PREFIX, "max_tokens": 8}, timeout=1)
+    first = _wait_cancelled(engine, before)
+    queued = _wait_cancelled(engine, before + 1)
+    assert first["last"].finish_reason == "cancelled"
+    assert queued["last"] is None
+    assert make_client(base_url).completions.create(model="tiny", prompt=PREFIX, max_tokens=2).choices
