@@ -70,8 +70,10 @@ def build_ui(engine: Engine, settings: Settings, startup_note: str = "") -> gr.B
             name = current.name if current else None
             values = models.settings_for(name)
             note = models.warnings_note()
+            ready = f"Ready: {name} is loaded." if name else "No model is loaded: choose one in the Model tab."
             return [gr.update(choices=engine.list_models(), value=name), *values, models.info(name),
-                    f"{note} {models.current_status()}".strip()]
+                    f"{note} {models.current_status()}".strip(), ready]
 
-        demo.load(on_page_load, outputs=[model.dropdown, *settings_outputs, model.info, model.status], queue=False)
+        demo.load(on_page_load, outputs=[model.dropdown, *settings_outputs, model.info, model.status, gen.status],
+                  queue=False)
     return demo

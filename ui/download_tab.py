@@ -30,16 +30,17 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
-def progress_html(p: hub.DownloadProgress | None) -> str:
-    """Overall and current-file bars, speed and ETA."""
+def progress_html(p: hub.DownloadProgress | None, files: dict[str, tuple[int, int]] | None = None) -> str:
+    """The overall bar, one bar per file seen so far (else the current file), speed and ETA."""
     if p is None:
         return '<div class="dl-progress">Resolving the repository …</div>'
     overall = _bar(f"overall · {p.files_done}/{p.files_total} files · {human_bytes(p.done)} of "
                    f"{human_bytes(p.total)}", p.done, p.total)
-    current = _bar(f"{p.filename} · {human_bytes(p.file_done)} of {human_bytes(p.file_total)}",
-                   p.file_done, p.file_total) if p.filename else ""
+    files = files or ({p.filename: (p.file_done, p.file_total)} if p.filename else {})
+    bars = "".join(_bar(f"{name} · {human_bytes(done)} of {human_bytes(total)}", done, total)
+                   for name, (done, total) in sorted(files.items()))
     stats = f"{human_bytes(p.speed)}/s · ETA {_duration(p.eta)}"
-    return f'<div class="dl-progress">{overall}{current}<div class="dl-stats">{stats}</div></div>'
+    return f'<div class="dl-progress">{overall}{bars}<div class="dl-stats">{stats}</div></div>'
 
 
 def _checksums(folder: Path) -> dict[str, str]:
@@ -71,6 +72,7 @@ class DownloadBox:
     cancel: gr.Button
     progress: gr.HTML
     result: gr.Markdown
+    files: gr.Markdown
 
 
 class DownloadHandlers:
@@ -96,25 +98,32 @@ class DownloadHandlers:
     def download(self, repo: str, token: str, current_model: str | None) -> Iterator[tuple[Any, ...]]:
         """Yields (job, progress html, result markdown, model dropdown update) until the job ends."""
         keep = gr.update()
+        files: dict[str, tuple[int, int]] = {}
+
+        def remember(p: hub.DownloadProgress) -> None:
+            if p.filename:   # the job reports one file at a time; the bars show them all
+                files[p.filename] = (p.file_done, p.file_total)
+
         try:
-            job = hub.start_download(repo, self.engine.models_dir, token=token or None)
+            job = hub.start_download(repo, self.engine.models_dir, token=token or None, on_progress=remember)
         except hub.DownloadError as exc:
             yield None, "", f"**Failed:** {exc}", keep
             return
         yield job, progress_html(None), f"Downloading **{repo.strip()}** …", keep
         while not job.done:
             time.sleep(POLL_S)
-            yield job, progress_html(job.progress), gr.update(), keep
+            yield job, progress_html(job.progress, dict(files)), gr.update(), keep
+        shown = progress_html(job.progress, dict(files))
         try:
             result = job.wait()
         except hub.DownloadCancelled as exc:
-            yield None, progress_html(job.progress), f"{exc}", keep
+            yield None, shown, f"{exc}", keep
             return
         except hub.DownloadError as exc:
-            yield None, progress_html(job.progress), f"**Failed:** {exc}", keep
+            yield None, shown, f"**Failed:** {exc}", keep
             return
         names = self.engine.list_models()
-        yield (None, progress_html(job.progress), result_markdown(result),
+        yield (None, shown, result_markdown(result),
                gr.update(choices=names, value=current_model if current_model in names else None))
 
     def cancel(self, job: hub.DownloadJob | None) -> str:
@@ -138,13 +147,14 @@ def build_download_box(handlers: DownloadHandlers, model_dropdown: gr.Dropdown, 
         download = gr.Button("Download", variant="primary", elem_id=f"{prefix}-download")
         cancel = gr.Button("Cancel", variant="stop", elem_id=f"{prefix}-cancel")
     progress = gr.HTML("", elem_id=f"{prefix}-progress")
-    result = gr.Markdown("", elem_id=f"{prefix}-result")
-    listing.click(handlers.file_list, inputs=[repo, token], outputs=result, concurrency_id="hub")
+    result = gr.Markdown("", elem_id=f"{prefix}-result", elem_classes="dl-tables")
+    files = gr.Markdown("", elem_id=f"{prefix}-files", visible=not compact, elem_classes="dl-tables")
+    listing.click(handlers.file_list, inputs=[repo, token], outputs=files, concurrency_id="hub")
     download.click(handlers.download, inputs=[repo, token, model_dropdown],
                    outputs=[job, progress, result, model_dropdown], concurrency_id="hub", concurrency_limit=2,
                    show_progress="hidden")
     cancel.click(handlers.cancel, inputs=job, outputs=result, queue=False)
-    return DownloadBox(repo, token, download, cancel, progress, result)
+    return DownloadBox(repo, token, download, cancel, progress, result, files)
 
 
 DOWNLOAD_CSS = """
@@ -155,4 +165,6 @@ DOWNLOAD_CSS = """
 .dl-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
 .dl-pct { flex: 0 0 3em; text-align: right; }
 .dl-stats { color: var(--body-text-color-subdued); }
+.dl-tables table { font-size: 0.85em; }
+.dl-tables th, .dl-tables td { padding: 0.15em 0.8em; }
 """

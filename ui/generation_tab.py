@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import html
 import threading
+import time
 from typing import Any, Iterator
 
 import gradio as gr
@@ -19,6 +20,7 @@ MODES = [("Completion", "completion"), ("Fill-in-the-middle", "fim"), ("Tech ass
 GAP_MARKER, GAP_SPLIT = "<FILL> marker in the code", "separate prefix and suffix"
 FINISH = {"eos": "end of text", "stop": "stop string", "length": "max_new_tokens reached",
           "cancelled": "stopped"}
+UPDATE_S = 0.05    # at most 20 screen updates a second while streaming
 # GPU-bound work runs one at a time over every session, so two tabs queue instead of colliding
 GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": 1}
 FIM_EXAMPLE = 'def fibonacci(n: int) -> int:\n    """The n-th Fibonacci number."""\n    <FILL>\n\n\nprint(fibonacci(10))\n'
@@ -49,7 +51,8 @@ def split_fill(code: str) -> tuple[str, str]:
 
 def merged_html(prefix: str, middle: str, suffix: str) -> str:
     """The merged code with the generated middle highlighted."""
-    return (f'<pre class="fim-merged"><code>{html.escape(prefix)}<mark class="fim-middle">{html.escape(middle)}'
+    return ('<div class="fim-caption">Merged code: the generated middle is highlighted</div>'
+            f'<pre class="fim-merged"><code>{html.escape(prefix)}<mark class="fim-middle">{html.escape(middle)}'
             f'</mark>{html.escape(suffix)}</code></pre>')
 
 
@@ -83,8 +86,9 @@ class GenerationTab:
 class GenerationHandlers:
     """Streaming handlers over the Engine; each takes the session's stop flag and the parameters panel."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, update_s: float = UPDATE_S) -> None:
         self.engine = engine
+        self.update_s = update_s
 
     def _stream(self, chunks_of, flag: threading.Event | None, panel) -> Iterator[tuple[str, Chunk | None]]:
         """(text so far, last chunk) per streamed piece; errors become a GenerationError."""
@@ -93,12 +97,15 @@ class GenerationHandlers:
             chunks = chunks_of(params, flag or threading.Event())
         except NoModelLoaded as exc:
             raise GenerationError(str(exc)) from None
-        text = ""
+        text, shown_at = "", 0.0
         with contextlib.closing(chunks):   # releases the engine lock even if the browser goes away
             try:
                 for chunk in chunks:
                     text += chunk.text
-                    yield text, chunk
+                    # a browser flooded with one update per token answers the Stop button late
+                    if chunk.finish_reason is not None or time.monotonic() - shown_at >= self.update_s:
+                        shown_at = time.monotonic()
+                        yield text, chunk
             except NoModelLoaded as exc:
                 raise GenerationError(str(exc)) from None
 
@@ -181,9 +188,9 @@ def build_generation_tab(handlers: GenerationHandlers, values: dict[str, Any]) -
             mode = gr.Radio(MODES, value=values.get("mode", "completion"), label="Mode", elem_id="gen-mode")
             with gr.Column(visible=values.get("mode", "completion") == "completion") as completion_box:
                 with gr.Row():
-                    prompt = gr.Textbox(lines=14, max_lines=30, label="Prompt", elem_id="prompt",
+                    prompt = gr.Textbox(lines=14, max_lines=14, label="Prompt", elem_id="prompt",
                                         value="def fibonacci(n):\n")
-                    output = gr.Textbox(lines=14, max_lines=30, label="Output", elem_id="output",
+                    output = gr.Textbox(lines=14, max_lines=14, label="Output", elem_id="output",
                                         buttons=["copy"])
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -206,7 +213,7 @@ def build_generation_tab(handlers: GenerationHandlers, values: dict[str, Any]) -
                     stop_fim = gr.Button("Stop", variant="stop", elem_id="fim-stop")
                     accept = gr.Button("Accept", elem_id="fim-accept")
                     regenerate = gr.Button("Regenerate", elem_id="fim-regenerate")
-                merged = gr.HTML("", label="Merged code (the generated middle is highlighted)", elem_id="fim-merged")
+                merged = gr.HTML("", elem_id="fim-merged")
                 middle = gr.State("")
             with gr.Column(visible=values.get("mode") == "assistant") as assistant_box:
                 chatbot = gr.Chatbot(label="Tech assistant", height=420, elem_id="chatbot", buttons=["copy"])
@@ -253,5 +260,6 @@ def build_generation_tab(handlers: GenerationHandlers, values: dict[str, Any]) -
 GENERATION_CSS = """
 .fim-merged { padding: 0.8em; border-radius: 0.5em; background: var(--code-background-fill, #f6f8fa);
               font-family: var(--font-mono); font-size: 0.9em; white-space: pre-wrap; }
+.fim-caption { font-size: 0.85em; color: var(--body-text-color-subdued); margin-bottom: 0.3em; }
 .fim-middle { background: #fde68a; color: #111; border-radius: 0.2em; outline: 1px solid #f59e0b; }
 """

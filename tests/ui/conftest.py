@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -145,13 +146,19 @@ def browser():
         chromium.close()
 
 
+def wait_until_ready(page) -> None:
+    """The page-load event has filled in the model's settings (typing earlier would be overwritten)."""
+    from playwright.sync_api import expect
+    expect(page.locator("#gen-status")).to_contain_text(re.compile("Ready|No model"))
+
+
 @pytest.fixture
 def page(browser, app):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(app.url)
-    page.wait_for_selector("#prompt textarea")
+    wait_until_ready(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield page
     context.close()

@@ -21,6 +21,7 @@ def test_download_reports_progress_then_the_result_and_refreshes_the_models(hub_
     assert job is not None and "Downloading" in first_status
     final_job, html, result, dropdown = updates[-1]
     assert final_job is None and "overall" in html and "100%" in html and "ETA" in html
+    assert "model.safetensors ·" in html and "config.json ·" in html   # a bar per file
     assert "checksums verified" in result and "model.safetensors" in result
     assert "TheBloke_starcoder-GPTQ" in dropdown["choices"]
     assert (tmp_path / "TheBloke_starcoder-GPTQ" / "model.safetensors").is_file()
