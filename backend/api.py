@@ -36,7 +36,9 @@ def api_warning(listen: bool, api_key: str | None) -> str | None:
 class _Gate:
     """ASGI middleware for the API's paths: the bearer key (checked before the body is read), and JSON bodies.
 
-    llama.cpp reads every body as JSON whatever its Content-Type, and `curl -d` sends a form type; so do we.
+    llama.cpp reads every body as JSON whatever its Content-Type, and `curl -d` sends a form type; so do we, but
+    not for browsers (they send Origin): a web page may post a form or text/plain to 127.0.0.1 without asking,
+    while a JSON body needs a CORS preflight, which this API never grants.
     """
 
     def __init__(self, app, key: str | None) -> None:
@@ -56,7 +58,8 @@ class _Gate:
                                code="invalid_api_key"), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
-        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(b"application/json"):
+        if (scope["method"] == "POST" and b"origin" not in headers
+                and not headers.get(b"content-type", b"").startswith(b"application/json")):
             kept = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = dict(scope, headers=kept + [(b"content-type", b"application/json")])
         await self.app(scope, receive, send)
