@@ -8,11 +8,12 @@ import time
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
 
-from backend.api import api_warning
+from backend.api import api_warning, create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.api.conftest import API_KEY, make_client
+from tests.api.conftest import API_KEY, make_client, serve
 
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"
 EXTRA = [{"filename": "geometry/const.py", "text": "PI = 3.14159"}]
@@ -98,6 +99,15 @@ def test_api_key_is_required(keyed_url):
     assert good.completions.create(model="tiny", prompt=PREFIX, max_tokens=2).usage.completion_tokens == 2
     assert httpx.post(f"{keyed_url}/infill", json={"input_prefix": PREFIX, "n_predict": 2}, timeout=30,
                       headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
+def test_api_key_still_required_when_mounted_under_a_prefix(engine, settings):
+    outer = FastAPI()
+    outer.mount("/api", create_api(engine, settings, api_key=API_KEY))
+    with serve(outer) as url:
+        assert httpx.get(f"{url}/api/v1/models", timeout=30).status_code == 401
+        ok = httpx.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "tiny"
 
 
 def test_api_warning():
