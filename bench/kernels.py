@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# run as a script, this folder comes first on sys.path and its kernels.py would shadow the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
 from backend.qlinear import BaseQuantLinear  # noqa: E402
 from backend.qlinear_backends import BACKENDS  # noqa: E402

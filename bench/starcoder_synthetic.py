@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+# run as a script, this folder comes first on sys.path and its kernels.py would shadow the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
 import torch
 from torch import nn
 from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.qlinear import select_backend  # noqa: E402
 from bench.kernels import OUT, copy_bandwidth_gbs, random_gptq_state, versions  # noqa: E402
