@@ -45,9 +45,13 @@ class _Gate:
         self.app, self.key = app, key.encode() if key else None
 
     async def __call__(self, scope, receive, send) -> None:
+        # a lifespan scope has no path; failing on it would skip the mounted web UI's start-up (its queue)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         # mounted under a prefix (the web UI's app mounting this one), the path still carries the prefix
         path = scope["path"].removeprefix(scope.get("root_path", ""))
-        if scope["type"] != "http" or not path.startswith(GUARDED_PATHS):
+        if not path.startswith(GUARDED_PATHS):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
