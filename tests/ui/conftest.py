@@ -95,7 +95,7 @@ class AppProcess:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), "--models-dir", str(self.models_dir), "--settings",
-                 str(self.settings_file), "--port", str(self.port), "--device", "cpu"],
+                 str(self.settings_file), "--port", str(self.port), "--device", "cpu", "--api"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         while time.perf_counter() - start < timeout:
             if self.proc.poll() is not None:

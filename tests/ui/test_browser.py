@@ -116,6 +116,40 @@ def test_tech_assistant_turn(page: Page):
     shot(page, "generation_assistant")
 
 
+def test_two_tabs_generating_at_once_both_finish(page: Page, browser, app):
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        other.goto(app.url)
+        wait_until_ready(other)
+        for tab in (page, other):
+            set_mode(tab, "Completion")
+            set_number(tab, "p-max_new_tokens", 40)
+        page.click("#generate")
+        other.click("#generate")
+        for tab in (page, other):
+            expect(tab.locator("#gen-status")).to_contain_text("generated 40 tokens", timeout=GEN_TIMEOUT)
+    finally:
+        other.close()
+
+
+def test_unloading_during_generation_stops_it_safely(page: Page):
+    set_mode(page, "Completion")
+    set_number(page, "p-temperature", 0)
+    set_number(page, "p-max_new_tokens", 1500)
+    page.click("#generate")
+    expect(page.locator("#gen-status")).to_contain_text("generating", timeout=GEN_TIMEOUT)
+    open_tab(page, "Model")
+    page.click("#model-unload")
+    expect(page.locator("#model-status")).to_contain_text(f"Unloaded {DEMO_NAME}", timeout=GEN_TIMEOUT)
+    open_tab(page, "Text Generation")
+    expect(page.locator("#gen-status")).to_contain_text("stopped")
+    page.click("#generate")
+    expect(page.locator("#gen-status")).to_contain_text("no model is loaded", timeout=GEN_TIMEOUT)
+    open_tab(page, "Model")
+    page.click("#model-load")
+    expect(page.locator("#model-status")).to_contain_text(f"Loaded {DEMO_NAME}", timeout=LOAD_TIMEOUT)
+
+
 def test_a_corrupt_model_folder_shows_an_error_and_the_app_keeps_working(page: Page):
     choose_model(page, BROKEN_NAME)
     status = page.locator("#model-status")
