@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def models_folder(tmp: Path) -> tuple[Path, str]:
     models = tmp / "models"
     models.mkdir()
     if demo_available():
-        os.symlink(DEMO, models / DEMO_NAME, target_is_directory=True)
+        shutil.copytree(DEMO, models / DEMO_NAME)
         return models, "starcoder-demo"
     write_stand_in(models / DEMO_NAME)
     return models, "random stand-in (the demo model is not built yet)"

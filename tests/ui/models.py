@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def populate(models_dir: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     demo = models_dir / DEMO_NAME
     if demo_available():
-        os.symlink(DEMO, demo, target_is_directory=True)
+        shutil.copytree(DEMO, demo)   # a copy: the engine refuses model folders that resolve outside models/
     else:
         write_stand_in(demo)
     shutil.copytree(demo, models_dir / SECOND_NAME)

@@ -113,7 +113,7 @@ def test_continue_appends_to_the_output(engine):
 def test_stop_ends_generation_within_one_token(engine):
     flag = threading.Event()
     stream = GenerationHandlers(engine, update_s=0).complete("def f():\n", flag,
-                                                  *panel(max_new_tokens=1500, temperature=1.0, seed=5))
+                                                  *panel(max_new_tokens=400, temperature=1.0, seed=5))
     next(stream)            # the waiting line
     text_at_stop, _ = next(stream)
     flag.set()
@@ -182,7 +182,7 @@ def test_unloading_during_generation_is_safe(models_dir, settings):
     engine = Engine(models_dir)
     engine.load(SECOND_NAME, device="cpu")
     handlers = GenerationHandlers(engine, update_s=0)
-    stream = handlers.complete("def g():\n", threading.Event(), *panel(max_new_tokens=1500, temperature=1.0))
+    stream = handlers.complete("def g():\n", threading.Event(), *panel(max_new_tokens=400, temperature=1.0))
     next(stream)
     next(stream)
     unloader = threading.Thread(target=ModelHandlers(engine, settings).unload, args=(SECOND_NAME,))
