@@ -38,13 +38,13 @@ class TritonQuantLinear(BaseQuantLinear):
 
     def post_init(self) -> None:
         qweight, zeros, perm = triton_gptq.prepare(self.qweight, self.qzeros, self.g_idx, self.bits,
-                                                   self.group_size)
+                                                   self.group_size, self.zero_offset)
         self.qweight = qweight
         self.qzeros = None
-        self.register_buffer("zeros", zeros)     # [G, N] uint8, the stored (offset) zero points
+        self.register_buffer("zeros", zeros)     # [G, N] uint8 zero points
         self.register_buffer("perm", perm)       # [K] int32 column order of x, or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., K] -> [..., N]
         return triton_gptq.gptq_matmul(x, self.qweight, self.zeros, self.scales, self.bits,
-                                       self.group_size, self.bias, self.zero_offset, self.perm)
+                                       self.group_size, self.bias, self.perm)

@@ -63,8 +63,10 @@ def unpack(words: torch.Tensor, bits: int, count: int, dim: int = 0) -> torch.Te
 
 
 def unpack_zeros(qzeros: torch.Tensor, bits: int, out_features: int, zero_offset: int) -> torch.Tensor:
-    # gptq (v1) stores zero - 1; gptq_v2 stores the zero itself (zero_offset 1 or 0)
-    return unpack(qzeros, bits, out_features, dim=1) + zero_offset
+    # gptq (v1) stores zero - 1; gptq_v2 stores the zero itself (zero_offset 1 or 0). AutoGPTQ's v1
+    # packer ORs a zero of 0 in as -1, filling its nibble with ones; reading modulo 2**bits gives that
+    # zero back as 0, as AutoGPTQ's torch path and GPTQModel's v1→v2 conversion do.
+    return (unpack(qzeros, bits, out_features, dim=1) + zero_offset) & ((1 << bits) - 1)
 
 
 def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,

@@ -23,7 +23,7 @@ def interpreting() -> bool:
 
 def _gemv_kernel(x_ptr, qw_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
                  N, K, group_size, k_per_split,
-                 BITS: tl.constexpr, ZERO_OFFSET: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # One row of x. Each program owns BLOCK_N columns and one K slice; a K tile never straddles a
     # group, so y += s * (sum_k x*q - z * sum_k x): the inner loop is shift, mask, convert, FMA.
@@ -52,7 +52,7 @@ def _gemv_kernel(x_ptr, qw_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
             xsum += xj
         g = k0 // group_size
         s = tl.load(scales_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        z = tl.load(zeros_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + ZERO_OFFSET
+        z = tl.load(zeros_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32)
         acc += s * (tl.sum(dot, axis=0) - z * tl.sum(xsum, axis=0))
     if ATOMIC:
         tl.atomic_add(out_ptr + offs_n, acc, mask=n_mask)
@@ -64,7 +64,7 @@ def _gemv_kernel(x_ptr, qw_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
 
 def _gemm_kernel(x_ptr, qw_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
                  M, N, K, group_size, k_per_split, stride_xm, stride_om,
-                 BITS: tl.constexpr, ZERO_OFFSET: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Tiles of x: [BLOCK_M, BLOCK_K] times a weight tile dequantized in registers to x's dtype;
@@ -101,7 +101,7 @@ def _gemm_kernel(x_ptr, qw_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
                         mask=(kw < K // PACK)[:, None] & n_mask[None, :], other=0)   # [BLOCK_KW, BLOCK_N]
         g = k0 // group_size
         s = tl.load(scales_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        z = tl.load(zeros_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + ZERO_OFFSET
+        z = tl.load(zeros_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32)
         # each word is loaded once and unpacked in registers; row kw*PACK + j is its j-th field
         q = (words[:, None, :] >> shifts[None, :, None]) & MASK                      # [BLOCK_KW, PACK, BLOCK_N]
         q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
@@ -191,7 +191,7 @@ def _bucket(M: int) -> int:
 
 def _launch(cfg: Config, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             zeros: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int,
-            zero_offset: int, out_dtype: torch.dtype) -> torch.Tensor:
+            out_dtype: torch.dtype) -> torch.Tensor:
     # x: [M, K] contiguous -> [M, N] in out_dtype
     M, K = x.shape
     N = qweight.shape[1]
@@ -209,7 +209,7 @@ def _launch(cfg: Config, x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
             raise ValueError(f"the GEMV tile serves one row, got M={M}")
         _jitted(_gemv_kernel, interp)[(triton.cdiv(N, cfg.block_n), split)](
             x, qweight, scales, zeros, bias_arg, out, N, K, group_size, k_per_split,
-            BITS=bits, ZERO_OFFSET=zero_offset, HAS_BIAS=has_bias, ATOMIC=atomic,
+            BITS=bits, HAS_BIAS=has_bias, ATOMIC=atomic,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
     else:
@@ -217,7 +217,7 @@ def _launch(cfg: Config, x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
         _jitted(_gemm_kernel, interp)[grid](
             x, qweight, scales, zeros, bias_arg, out, M, N, K, group_size, k_per_split,
             x.stride(0), out.stride(0),
-            BITS=bits, ZERO_OFFSET=zero_offset, HAS_BIAS=has_bias, ATOMIC=atomic,
+            BITS=bits, HAS_BIAS=has_bias, ATOMIC=atomic,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if atomic:
@@ -259,11 +259,11 @@ def tuned_configs() -> dict[tuple, Config]:
 
 
 def prepare(qweight: torch.Tensor, qzeros: torch.Tensor, g_idx: torch.Tensor, bits: int,
-            group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One-time repack: returns (qweight with rows sorted by group, zeros: [G, N] uint8 as stored,
+            group_size: int, zero_offset: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One-time repack: returns (qweight with rows sorted by group, zeros: [G, N] uint8 zero points,
     perm to apply to x's columns or None). Raises if g_idx is not a GPTQ group pattern."""
     K, N = g_idx.shape[0], qweight.shape[1]
-    zeros = reference.unpack(qzeros, bits, N, dim=1).to(torch.uint8)        # [G, N], zero - offset
+    zeros = reference.unpack_zeros(qzeros, bits, N, zero_offset).to(torch.uint8)   # [G, N]
     g = g_idx.long()
     perm = None
     if bool((g[1:] < g[:-1]).any()):
@@ -280,7 +280,7 @@ def prepare(qweight: torch.Tensor, qzeros: torch.Tensor, g_idx: torch.Tensor, bi
 
 
 def gptq_matmul(x: torch.Tensor, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
-                bits: int, group_size: int, bias: torch.Tensor | None = None, zero_offset: int = 1,
+                bits: int, group_size: int, bias: torch.Tensor | None = None,
                 perm: torch.Tensor | None = None, config: Config | None = None) -> torch.Tensor:
     """y = x @ W + bias for tensors from `prepare`; same result as reference.gptq_matmul. x: [..., K]."""
     if bits not in SUPPORTED_BITS:
@@ -302,7 +302,7 @@ def gptq_matmul(x: torch.Tensor, qweight: torch.Tensor, zeros: torch.Tensor, sca
         return x.new_empty(*lead, N)
 
     def run(cfg: Config) -> torch.Tensor:
-        return _launch(cfg, x2, qweight, scales, zeros, bias, bits, group_size, zero_offset, out_dtype)
+        return _launch(cfg, x2, qweight, scales, zeros, bias, bits, group_size, out_dtype)
 
     cfg = config or _choose(M, K, N, bits, group_size, x2, run)
     if cfg.block_m == 1 and M > 1:

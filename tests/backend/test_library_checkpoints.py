@@ -31,17 +31,10 @@ FOLDERS = sorted(p.parent for lib in ("autogptq", "gptqmodel")
 # the logits by ~1e-1 or more (test_misread_zero_points_are_caught below keeps that true).
 ATOL = RTOL = 2e-3
 
-# Fixtures where our loader and the library's own CPU path read the same bytes differently, kept
-# as strict xfails so the disagreement stays visible (and is flagged the day it is resolved).
-KNOWN_DIVERGENCES = {
-    "autogptq/b4_g32_noact_asym_zero0": (
-        "v1 zero-point underflow: an asymmetric group whose zero point is 0 is stored as 0 - 1 = -1, and "
-        "AutoGPTQ's pack() ORs 0xFFFFFFFF << 4j into the qzeros word, setting that nibble and every "
-        "higher nibble of the word to 0xF. AutoGPTQ's torch path reads zero = (nibble + 1) & 0xF = 0 "
-        "(right for the real 0, and 0 for the clobbered neighbours); our loader, like AutoGPTQ's Triton "
-        "kernel, reads nibble + 1 = 16. GPTQModel's v1->v2 conversion (qzeros += 0x11111111) gives 0, "
-        "then 1 for the neighbours via the carry. The neighbours' true zero points are lost in the file."),
-}
+# autogptq/b4_g32_noact_asym_zero0 holds an asymmetric group whose zero point is 0: AutoGPTQ's v1
+# pack() stores 0 - 1 = -1 and ORs 0xFFFFFFFF << 4j into the word, filling that nibble and every higher
+# one with 0xF. AutoGPTQ's torch path reads (nibble + 1) & 0xF, which gets the real 0 back (the clobbered
+# neighbours' true zero points are lost in the file whatever the reader); we read it the same way.
 
 
 def _inputs(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +57,7 @@ def test_fixtures_are_present():
 
 @pytest.mark.parametrize("kernel", ["torch", "auto"])
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_library_checkpoint_matches_library_logits(folder, kernel, request):
-    key = f"{folder.parent.name}/{folder.name}"
-    if key in KNOWN_DIVERGENCES:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_DIVERGENCES[key], strict=True))
+def test_library_checkpoint_matches_library_logits(folder, kernel):
     ids, expected = _inputs(folder)
     model = from_quantized(folder, torch_dtype=torch.float32, kernel=kernel)
     got = _logits(model, ids)

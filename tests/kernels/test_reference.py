@@ -58,3 +58,12 @@ def test_reference_keeps_activation_dtype_and_leading_dims():
     y = reference.gptq_matmul(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"], 4)
     assert y.shape == (2, 3, 16) and y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), x.float() @ weight.T, rtol=2e-2, atol=2e-2)
+
+
+def test_v1_zero_point_of_zero_reads_back_as_zero():
+    # AutoGPTQ's packer ORs a zero of 0 in as -1 (all ones): nibble 15, read modulo 16 as 0
+    stored = torch.tensor([[15, 7, 6, 15, 0, 1, 2, 3]])
+    qzeros = reference.pack(stored, 4, dim=1)
+    zeros = reference.unpack_zeros(qzeros, 4, 8, zero_offset=1)
+    assert zeros.tolist() == [[0, 8, 7, 0, 1, 2, 3, 4]]
+    assert reference.unpack_zeros(qzeros, 4, 8, zero_offset=0).tolist() == stored.tolist()

@@ -31,9 +31,8 @@ def _run(gptq, case, dtype, device, zero_offset=1):
                                 zero_offset)
     g = K if group_size == -1 else group_size
     t = {k: v.to(device) for k, v in t.items()}
-    qweight, zeros, perm = triton_gptq.prepare(t["qweight"], t["qzeros"], t["g_idx"], bits, g)
-    y = triton_gptq.gptq_matmul(x.to(device), qweight, zeros, t["scales"], bits, g, t["bias"],
-                                zero_offset, perm)
+    qweight, zeros, perm = triton_gptq.prepare(t["qweight"], t["qzeros"], t["g_idx"], bits, g, zero_offset)
+    y = triton_gptq.gptq_matmul(x.to(device), qweight, zeros, t["scales"], bits, g, t["bias"], perm)
     assert y.dtype == dtype and y.shape == (M, N)
     gptq.assert_close(y.cpu(), ref, dtype)
 
@@ -65,7 +64,7 @@ def test_leading_dims_and_tuned_cache(gptq, interpreter):
     t = gptq.make(64, 32, 4, -1, False, True)
     qweight, zeros, perm = triton_gptq.prepare(t["qweight"], t["qzeros"], t["g_idx"], 4, 64)
     x = torch.randn(2, 1, 64)
-    y = triton_gptq.gptq_matmul(x, qweight, zeros, t["scales"], 4, 64, None, 1, perm)
+    y = triton_gptq.gptq_matmul(x, qweight, zeros, t["scales"], 4, 64, None, perm)
     ref = reference.gptq_matmul(x, t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 4)
     gptq.assert_close(y, ref, torch.float32)
     assert any(key[1:3] == (64, 32) for key in triton_gptq.tuned_configs())
