@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
-
-import pytest
 
 from backend.prompts import DEFAULT_PREAMBLE
 from backend.settings import BUILTIN_DEFAULTS, Settings
