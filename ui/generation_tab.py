@@ -97,7 +97,7 @@ class GenerationHandlers:
             chunks = chunks_of(params, flag or threading.Event())
         except NoModelLoaded as exc:
             raise GenerationError(str(exc)) from None
-        text, shown_at = "", 0.0
+        text, shown_at, chunk = "", 0.0, None
         with contextlib.closing(chunks):   # releases the engine lock even if the browser goes away
             try:
                 for chunk in chunks:
@@ -108,6 +108,8 @@ class GenerationHandlers:
                         yield text, chunk
             except NoModelLoaded as exc:
                 raise GenerationError(str(exc)) from None
+        if chunk is None:   # the engine yields nothing when Stop came while this request waited its turn
+            raise GenerationError("stopped before the model began generating.")
 
     def complete(self, prompt: str, flag: threading.Event | None, *panel: Any) -> Iterator[tuple[str, str]]:
         """Yields (output, status)."""

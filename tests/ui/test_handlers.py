@@ -120,6 +120,13 @@ def test_stop_ends_generation_within_one_token(engine):
     assert "stopped" in status and len(final_text) >= len(text_at_stop)
 
 
+def test_stop_while_waiting_for_the_model_is_reported(engine):
+    flag = threading.Event()
+    flag.set()
+    _, status = last(GenerationHandlers(engine, update_s=0).complete("x", flag, *panel()))
+    assert "stopped before the model began" in status
+
+
 def test_truncated_prompt_gets_a_notice(engine):
     _, status = last(GenerationHandlers(engine, update_s=0).complete("x = 1\n" * 200, None,
                                                          *panel(max_new_tokens=4, context_length=64)))
