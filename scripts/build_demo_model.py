@@ -20,8 +20,10 @@ from backend.quantize import quantize_model, sample_calibration, save_quantized 
 from demo_data import FimSampler, eval_windows, split_corpus, train_tokenizer  # noqa: E402
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "starcoder-demo-build"
-PROMPTS = ["def fibonacci(n):\n", "import os\n", "class Stack:\n    def __init__(self):\n",
-           "def read_lines(path):\n    with open(path) as f:\n"]
+# no trailing newline after a colon: the BPE joins a newline with the next line's indentation, so a
+# bare "\n" token at the end of a prompt announces an unindented line
+PROMPTS = ["def fibonacci(n):", "import os\n", "class Stack:\n    def __init__(self):",
+           "def read_lines(path):\n    with open(path) as f:"]
 FIM_EXAMPLE = ("def add(a, b):\n    ", "\n\n\ndef sub(a, b):\n    return a - b\n")
 
 
@@ -183,7 +185,8 @@ tags: [gpt_bigcode, gptq, code, demo]
 # starcoder-demo (GPTQ 4-bit)
 
 A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline.
-It is a toy: its completions look like Python, they are not good code.
+It is a toy trained for about twenty CPU minutes: its completions have Python's shape (indentation,
+`self.`, `if`, comments) but are not working code.
 
 - Architecture: GPTBigCode, {c["n_layer"]} layers, hidden {c["n_embd"]}, {c["n_head"]} heads (multi-query:
   one K/V head), MLP {c["n_inner"]}, {c["n_positions"]} positions, vocabulary {c["vocab_size"]}, tied embeddings.
@@ -228,11 +231,11 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-head", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=256, help="training sequence length")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--minutes", type=float, default=23.0, help="wall-clock training budget")
+    parser.add_argument("--seqlen", type=int, default=511, help="training sequence length (+1 target token = n_positions)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--minutes", type=float, default=22.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nsamples", type=int, default=128, help="GPTQ calibration windows")
