@@ -135,12 +135,11 @@ def test_chat_renders_the_dialogue_and_stops_at_the_next_human_turn(engine):
 
 def test_demo_model_writes_python(demo_dir, tmp_path):
     root = tmp_path / "models"
-    root.mkdir()
-    (root / "starcoder-demo").symlink_to(demo_dir)
+    shutil.copytree(demo_dir, root / "starcoder-demo")     # a symlink leading out of models/ is refused
     engine = Engine(root)
     engine.load("starcoder-demo", dtype="float32")
     greedy = GenerationParams(max_new_tokens=48, temperature=0)
-    text, _ = text_of(engine.complete("def fibonacci(n):\n", greedy))
+    text, _ = text_of(engine.complete("def fibonacci(n):", greedy))
     assert text.strip() and any(word in text for word in ("return", "if ", "for ", "self", "=")), text
     middle, last = text_of(engine.infill("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", greedy))
     assert last.finish_reason in ("eos", "length") and "<fim_middle>" not in middle
