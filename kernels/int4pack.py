@@ -50,13 +50,13 @@ def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g
     reason = unsupported_reason(K, N, group_size, qweight.device.type)
     if reason is not None or op_group is None:
         raise ValueError(f"packed int4 cannot represent this layer: {reason}")
-    q = reference.unpack(qweight, 4, K, dim=0)                                # [K, N]
+    q_nk = reference.unpack(qweight.t(), 4, K, dim=1)                         # [N, K], no transpose copy
     z = reference.unpack_zeros(qzeros, 4, N, zero_offset).to(torch.float32)   # [G, N]
     g = g_idx.long()
     perm = None
     if bool((g[1:] < g[:-1]).any()):
         perm = torch.argsort(g, stable=True)
-        q, g = q.index_select(0, perm), g[perm]
+        q_nk, g = q_nk.index_select(1, perm), g[perm]
     if not torch.equal(g, torch.arange(K, device=g.device) // group_size):
         raise ValueError("g_idx is not a GPTQ group pattern; use the torch kernel")
     s = scales.to(torch.float32)
@@ -65,7 +65,6 @@ def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g
         z = z.expand(K // op_group, N)
     zero_f = s * (8 - z)
     scale_and_zeros = torch.stack([s, zero_f], dim=-1).to(dtype).contiguous()   # [G', N, 2]
-    q_nk = q.t().contiguous()                                                     # [N, K]
     if qweight.device.type == "cuda":
         # tinygemm takes two k values per byte, the even one in the high nibble
         q_u8 = ((q_nk[:, ::2] << 4) | q_nk[:, 1::2]).to(torch.uint8)
