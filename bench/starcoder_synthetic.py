@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
+from backend.loader import build_skeleton, quantized_linears  # noqa: E402
 from backend.qlinear import select_backend  # noqa: E402
+from backend.quant_config import QuantConfig  # noqa: E402
 from bench.kernels import OUT, copy_bandwidth_gbs, random_gptq_state, versions  # noqa: E402
 
-QUANTIZED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def starcoder_config(small: bool) -> GPTBigCodeConfig:
@@ -47,21 +48,21 @@ def build_model(config: GPTBigCodeConfig, device: torch.device, dtype: torch.dty
                 bits: int, group_size: int, act_order: bool, quant_dtype: torch.dtype | None = None):
     """GPTBigCode with random weights, made on `device` without a dense copy of the quantized layers."""
     quant_dtype = quant_dtype or dtype
-    with torch.device("meta"):
-        model = GPTBigCodeForCausalLM(config).to(dtype)
-    chosen = {}
+    chosen: dict[str, str] = {}
+
+    def choose(name: str, linear: nn.Module) -> type:
+        cls = select_backend(kernel, bits=bits, group_size=group_size, desc_act=act_order, sym=False,
+                             in_features=linear.in_features, out_features=linear.out_features,
+                             device=device, dtype=quant_dtype)
+        chosen[".".join(name.split(".")[-2:])] = cls.NAME
+        return cls
+
     if kernel is not None:
-        for block in model.transformer.h:
-            for path in QUANTIZED:
-                parent_name, attr = path.split(".")
-                parent = getattr(block, parent_name)
-                old = getattr(parent, attr)
-                cls = select_backend(kernel, bits=bits, group_size=group_size, desc_act=act_order, sym=False,
-                                     in_features=old.in_features, out_features=old.out_features,
-                                     device=device, dtype=quant_dtype)
-                chosen[path] = cls.NAME
-                setattr(parent, attr, cls(old.in_features, old.out_features, bits, group_size, bias=True,
-                                          device="meta"))
+        qcfg = QuantConfig(bits=bits, group_size=group_size, desc_act=act_order, sym=False)
+        model = build_skeleton(config, qcfg, dtype, layer_class=choose)
+    else:
+        with torch.device("meta"):
+            model = GPTBigCodeForCausalLM(config).to(dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -77,18 +78,14 @@ def build_model(config: GPTBigCodeConfig, device: torch.device, dtype: torch.dty
             mask.copy_(torch.ones(mask.shape, dtype=torch.bool, device=device).tril().to(mask.dtype))
     model.tie_weights()
     if kernel is not None:
-        for block in model.transformer.h:
-            for path in QUANTIZED:
-                parent_name, attr = path.split(".")
-                parent = getattr(block, parent_name)
-                layer = getattr(parent, attr)
-                state = random_gptq_state(layer.in_features, layer.out_features, bits, group_size, act_order,
-                                          device)
-                state["bias"] = state["bias"].to(quant_dtype)
-                layer.load_state_dict(state, assign=True)
-                layer.post_init()
-                if quant_dtype != dtype:
-                    setattr(parent, attr, BF16Island(layer))
+        for name, layer in list(quantized_linears(model)):
+            state = random_gptq_state(layer.in_features, layer.out_features, bits, group_size, act_order, device)
+            state["bias"] = state["bias"].to(quant_dtype)
+            layer.load_state_dict(state, assign=True)
+            layer.post_init()
+            if quant_dtype != dtype:
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent), attr, BF16Island(layer))
     return model.eval(), chosen
 
 
