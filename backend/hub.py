@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -12,20 +11,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx2
 from filelock import FileLock, Timeout
 from huggingface_hub import HfApi, RepoFile, constants, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.errors import (
-    GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-    RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-)
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
+
+from backend.hub_types import (  # noqa: F401  (re-exported: callers use hub.<Error>)
+    AccessDeniedError, BranchNotFoundError, ChecksumError, DiskFullError, DownloadCancelled, DownloadError,
+    DownloadProgress, DownloadResult, FileNotFoundOnHubError, InvalidRepoNameError, NetworkError,
+    PickleWeightsError, ProgressCallback, RemoteFile, RepoListing, RepoNotFoundError, RepoRef, translate_error,
+)
 
 STAGING_DIR = ".downloads"  # hidden, so model lists (which skip dot-folders) never show a partial model
 METADATA_FILE = "huggingface-metadata.txt"
@@ -35,83 +34,6 @@ _PICKLE_EXTS = (".bin", ".pt")
 _TOKENIZER_EXTS = (".model", ".tiktoken")
 
 
-class DownloadError(Exception):
-    """Base of every download failure; the message says what to do about it."""
-
-
-class InvalidRepoNameError(DownloadError, ValueError): ...
-class AccessDeniedError(DownloadError): ...        # 401/403: gated, private or bad token
-class RepoNotFoundError(DownloadError): ...
-class BranchNotFoundError(DownloadError): ...
-class FileNotFoundOnHubError(DownloadError): ...
-class PickleWeightsError(DownloadError): ...
-class NetworkError(DownloadError): ...
-class DiskFullError(DownloadError): ...
-class DownloadCancelled(DownloadError): ...
-
-
-class ChecksumError(DownloadError):
-    def __init__(self, filename: str, expected: str, actual: str) -> None:
-        super().__init__(f"Checksum mismatch for {filename}: expected {expected}, got {actual}. "
-                         "The corrupt file was deleted; run the download again.")
-        self.filename = filename
-
-
-@dataclass(frozen=True)
-class RepoRef:
-    repo_id: str
-    branch: str = "main"
-
-    @property
-    def folder_name(self) -> str:
-        name = self.repo_id.replace("/", "_")
-        return name if self.branch == "main" else f"{name}_{self.branch}"
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    blob_id: str
-    sha256: str | None  # set for LFS files: the Hub's own content hash
-
-
-@dataclass(frozen=True)
-class RepoListing:
-    ref: RepoRef
-    commit: str
-    files: tuple[RemoteFile, ...]    # what a download fetches
-    skipped: tuple[RemoteFile, ...]  # present on the Hub, left out by the selection rules
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-@dataclass(frozen=True)
-class DownloadProgress:
-    filename: str      # the file this update is about ("" before the first byte)
-    file_done: int
-    file_total: int
-    done: int          # bytes over all files, including ones resumed from an earlier run
-    total: int
-    files_done: int
-    files_total: int
-    speed: float       # bytes/s over the last few seconds
-    eta: float | None  # seconds; None until a speed is known
-    finished: bool = False
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    path: Path
-    ref: RepoRef
-    commit: str
-    files: tuple[str, ...]
-    up_to_date: bool = False  # nothing fetched: the folder already held this commit
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 def parse_repo(name: str) -> RepoRef:
@@ -156,7 +78,7 @@ def list_files(repo: str | RepoRef, *, token: str | None = None, endpoint: str |
         commit = api.model_info(ref.repo_id, revision=ref.branch).sha
         entries = list(api.list_repo_tree(ref.repo_id, revision=commit))
     except Exception as exc:
-        raise _translate(exc, ref, endpoint) from exc
+        raise translate_error(exc, ref, endpoint) from exc
     # only top-level files: a loader reads one flat folder, and nested paths need no escaping rules
     remote = [RemoteFile(e.path, e.size, e.blob_id, e.lfs.sha256 if e.lfs else None)
               for e in entries if isinstance(e, RepoFile) and "/" not in e.path]
@@ -285,7 +207,7 @@ class _Fetcher:
             futures = [pool.submit(self._fetch, f) for f in self.files]
             errors = [e for e in (fut.exception() for fut in futures) if e is not None]
         for exc in sorted(errors, key=lambda e: isinstance(e, DownloadCancelled)):
-            raise exc if isinstance(exc, DownloadError) else _translate(exc, self.ref, self.endpoint)
+            raise exc if isinstance(exc, DownloadError) else translate_error(exc, self.ref, self.endpoint)
         self.tracker.finish()
 
     def _check_stop(self) -> None:
@@ -311,7 +233,7 @@ class _Fetcher:
                 self._fetch_once(f, part)
                 break
             except Exception as exc:
-                err = _translate(exc, self.ref, self.endpoint, f.path)
+                err = translate_error(exc, self.ref, self.endpoint, f.path)
                 if not isinstance(err, NetworkError) or attempt == self.retries:
                     raise err from exc
                 if self.cancel.wait(self.backoff * 2 ** attempt):
@@ -396,7 +318,7 @@ class _Tracker:
         self.window.append((now, self.fetched))
         while len(self.window) > 2 and now - self.window[0][0] > 5.0:
             self.window.popleft()
-        (t0, b0), span = self.window[0], now - self.window[0][0]
+        (_, b0), span = self.window[0], now - self.window[0][0]
         speed = (self.fetched - b0) / span if span > 0 else 0.0
         done, total = sum(self.done.values()), sum(self.totals.values())
         eta = (total - done) / speed if speed > 0 else (0.0 if done >= total else None)
@@ -513,36 +435,3 @@ def _install(staging: Path, dest: Path, whole: bool) -> None:
         os.replace(dest, old)
     os.replace(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _translate(exc: BaseException, ref: RepoRef, endpoint: str, filename: str | None = None) -> DownloadError:
-    """Map huggingface_hub/httpx/OS errors to a DownloadError whose message gives the fix."""
-    page, what = f"{endpoint}/{ref.repo_id}", f" ({filename})" if filename else ""
-    status = exc.response.status_code if isinstance(exc, HfHubHTTPError) and exc.response is not None else None
-    if isinstance(exc, DownloadError):
-        return exc
-    if isinstance(exc, GatedRepoError) or status in (401, 403) and not isinstance(exc, RepositoryNotFoundError):
-        hint = ("your token's account has no access yet" if status == 403 else "no valid token was sent")
-        return AccessDeniedError(
-            f"{ref.repo_id} is gated or private and {hint} (HTTP {status}){what}. Open {page}, log in and "
-            "accept the licence, then give a read token: --token / the token field, the HF_TOKEN "
-            "environment variable, or `hf auth login`.")
-    if isinstance(exc, RevisionNotFoundError):
-        return BranchNotFoundError(f"Branch {ref.branch!r} not found in {ref.repo_id} (HTTP 404). "
-                                   f"Check the branch names on {page}/tree/main, or drop ':{ref.branch}'.")
-    if isinstance(exc, RepositoryNotFoundError):
-        return RepoNotFoundError(f"Repository {ref.repo_id} not found at {endpoint} (HTTP {status}). Check "
-                                 "the spelling (user/model); if it is private, give a token.")
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return FileNotFoundOnHubError(f"File{what} not found in {ref.repo_id} at branch {ref.branch} (HTTP 404).")
-    if isinstance(exc, OfflineModeIsEnabled):
-        return NetworkError("HF_HUB_OFFLINE is set: unset it to download.")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return DiskFullError(f"Disk full while writing{what}. Free some space and run again to resume.")
-    first_line = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
-    cut_short = isinstance(exc, OSError) and "Consistency check failed" in str(exc)
-    if (cut_short or isinstance(exc, (httpx2.TransportError, LocalEntryNotFoundError))
-            or status is not None and (status >= 500 or status in (408, 429))):
-        return NetworkError(f"Could not download from {endpoint}{what}: {first_line} Check your connection, "
-                            "proxy and HF_ENDPOINT; run again to resume.")
-    return DownloadError(f"Download of {ref.repo_id}{what} failed: {first_line}")
