@@ -246,12 +246,12 @@ were rewritten.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("library", choices=["autogptq", "gptqmodel"])
+    ap.add_argument("lib", choices=["autogptq", "gptqmodel"], help="which library writes the fixtures")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", nargs="*", help="case names to (re)make; default: all")
     args = ap.parse_args()
-    make = make_autogptq if args.library == "autogptq" else make_gptqmodel
-    cases = [(_name(*c), *(c + ("gptq", ""))[:6]) for c in CASES[args.library]]
+    make = make_autogptq if args.lib == "autogptq" else make_gptqmodel
+    cases = [(_name(*c), *(c + ("gptq", ""))[:6]) for c in CASES[args.lib]]
     if args.only:
         cases = [c for c in cases if c[0] in args.only]
     torch.set_num_threads(2)
@@ -266,7 +266,7 @@ def main() -> None:
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
-            print(f"[{args.library}] {case}", file=sys.stderr, flush=True)
+            print(f"[{args.lib}] {case}", file=sys.stderr, flush=True)
             make(case, bits, group, act, sym, fmt, Path(tmp) / ("base_" + variant if variant else "base"), out)
 
 
