@@ -214,7 +214,7 @@ It is a toy trained for about twenty CPU minutes: its completions have Python's 
 ## Data and licence
 Trained only on the `.py` files of the CPython standard library (excluding its test suites), which is
 distributed under the Python Software Foundation License; this model is released under the same terms.
-Made by `scripts/build_demo_model.py` (see `docs/demo-model.md` for the commands).
+Made by `scripts/build_demo_model.py` (see `scripts/demo-model.md` for the commands).
 """, encoding="utf-8")
 
 
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("step", choices=("tokenizer", "train", "quantize", "all"))
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="unquantized weights and tokenizer (outside the repo)")
     parser.add_argument("--out", type=Path, default=REPO / "models" / "starcoder-demo")
-    parser.add_argument("--report", type=Path, default=REPO / "docs" / "demo-model.json")
+    parser.add_argument("--report", type=Path, default=REPO / "scripts" / "demo-model.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out-percent", type=int, default=5)
     parser.add_argument("--vocab-size", type=int, default=4096)
