@@ -177,9 +177,12 @@ def _next_logits(model, ids: torch.Tensor, cache, cache_kwarg: str):
     return out.logits[:, -1, :], new_cache
 
 
-def _stop_split(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """(text safe to emit, whether a stop string was hit); holds back a possible stop-string start."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+def _stop_split(text: str, stops: tuple[str, ...], start: int = 0) -> tuple[str, bool]:
+    """(text safe to emit, whether a stop string was hit); holds back a possible stop-string start.
+
+    Stop strings are searched from `start` on (text before it was already checked).
+    """
+    cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
     if cut >= 0:
         return text[:cut], True
     hold = 0
@@ -189,6 +192,33 @@ def _stop_split(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
                 hold = max(hold, n)
                 break
     return text[:len(text) - hold], False
+
+
+class _Detokenizer:
+    """Incremental, UTF-8 safe decoding: each step decodes only the last few tokens, not all of them.
+
+    Decoding a window that starts a few tokens back keeps byte-level merges and leading spaces right;
+    a window whose text ends in U+FFFD holds a character split across tokens and waits for the rest.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+        self.prefix_offset = self.read_offset = 0
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        window = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        if len(window) > len(prefix) and not window.endswith("\ufffd"):
+            self.text += window[len(prefix):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+
+    def flush(self) -> str:
+        """All text, including a trailing incomplete character's replacement dropped."""
+        rest = self.tokenizer.decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        return self.text + rest[len(prefix):].rstrip("\ufffd")
 
 
 @torch.inference_mode()
@@ -206,16 +236,17 @@ def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
 
     start = time.perf_counter()
     history = torch.tensor([prompt_ids], dtype=torch.long)
-    generated: list[int] = []
+    detok = _Detokenizer(tokenizer)
     emitted = ""
     finish = "length"
     cache = None
     step_input = history.to(device)
+    longest_stop = max((len(s) for s in params.stop), default=0)
 
     def chunk(text: str, reason: str | None = None) -> Chunk:
-        return Chunk(text, len(prompt_ids), len(generated), time.perf_counter() - start, truncated_tokens, reason)
+        return Chunk(text, len(prompt_ids), len(detok.ids), time.perf_counter() - start, truncated_tokens, reason)
 
-    while len(generated) < params.max_new_tokens:
+    while len(detok.ids) < params.max_new_tokens:
         if cancel.is_set():
             finish = "cancelled"
             break
@@ -225,23 +256,26 @@ def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
         if token in eos:
             finish = "eos"
             break
-        generated.append(token)
+        detok.add(token)
         history = torch.cat([history, torch.tensor([[token]])], dim=1)
         step_input = torch.tensor([[token]], device=device)
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            continue  # a multi-byte character is split across tokens: wait for the rest
-        safe, hit = _stop_split(text, params.stop)
-        delta = safe[len(emitted):] if safe.startswith(emitted) else ""
+        if len(detok.text) == len(emitted) and not params.stop:
+            continue
+        safe, hit = _stop_split(detok.text, params.stop, max(0, len(emitted) - longest_stop))
+        delta = safe[len(emitted):]
         if hit:
             yield chunk(delta, "stop")
             return
         if delta:
             emitted = safe
             yield chunk(delta)
-    # held-back text that might have begun a stop string is released once generation ends
-    text = tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd")
-    yield chunk(text[len(emitted):] if text.startswith(emitted) else "", finish)
+    # held-back text that might have begun a stop string is released once generation ends, unless
+    # the final (possibly incomplete) characters complete one
+    text = detok.flush()
+    safe, hit = _stop_split(text, params.stop, max(0, len(emitted) - longest_stop))
+    if hit:
+        text, finish = safe, "stop"
+    yield chunk(text[len(emitted):], finish)
 
 
 def _as_list(value) -> list:
