@@ -35,21 +35,25 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class CompletionRequest(_Samplers):
+class _OpenAIRequest(_Samplers):
+    """The fields /v1/completions and /v1/chat/completions share."""
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
-    suffix: str | None = None                   # a string, even "", asks for fill-in-the-middle
     max_tokens: int | None = None               # None: the model's saved max_new_tokens
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(_OpenAIRequest):
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    suffix: str | None = None                   # a string, even "", asks for fill-in-the-middle
     best_of: int | None = None
     echo: bool = False
     logprobs: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     fim_order: Literal["psm", "spm"] | None = None
 
 
@@ -64,19 +68,10 @@ class ChatMessage(_Body):
         return self.content or ""
 
 
-class ChatRequest(_Samplers):
-    model: str | None = None
+class ChatRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
     logprobs: bool | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
 
 
 class ExtraChunk(_Body):
