@@ -232,9 +232,8 @@ def _convert(key: str, tensor: torch.Tensor, ref: torch.Tensor, dtype: torch.dty
         return tensor.to(device=device, dtype=torch.int32)
     if tensor.dtype not in FLOAT_DTYPES:
         raise ModelLoadError(f"{path.name}: tensor {key} is {tensor.dtype}, expected a float tensor.")
-    target = tensor.dtype if key.endswith((".scales",)) else dtype
-    if key.endswith(".bias") and ".".join(key.split(".")[:-1]).endswith(QUANTIZED_LAYERS):
-        target = dtype
+    # scales keep the checkpoint's precision (the kernels read them as stored); the rest computes in `dtype`
+    target = tensor.dtype if key.endswith(".scales") else dtype
     return tensor.to(device=device, dtype=target)
 
 
