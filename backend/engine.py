@@ -15,12 +15,13 @@ from backend.generate import Chunk, GenerationError, GenerationParams, fim_ids, 
 from backend.loader import (ModelLoadError, build_skeleton, estimate_memory, from_quantized, has_separate_head,
                             load_model_config, load_tokenizer, resolve_weights)
 from backend.quant_config import QuantConfig
+from backend.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 HIDDEN_DIRS = {".downloads"}
 
 
-class NoModelLoaded(RuntimeError):
+class NoModelLoaded(UserError, RuntimeError):
     pass
 
 

@@ -12,10 +12,12 @@ from transformers import (LogitsProcessorList, MinPLogitsWarper, NoRepeatNGramLo
                           RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper, TypicalLogitsWarper)
 
+from backend.errors import UserError
+
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<fim_prefix>", "<fim_suffix>", "<fim_middle>"
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """Parameters or a prompt that cannot be generated from; the message says what to change."""
 
 

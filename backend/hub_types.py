@@ -13,8 +13,10 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
 )
 
+from backend.errors import UserError
 
-class DownloadError(Exception):
+
+class DownloadError(UserError):
     """Base of every download failure; the message says what to do about it."""
 
 

@@ -16,13 +16,14 @@ from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTB
 from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
 from backend.quant_config import QuantConfig, QuantConfigError
 from kernels.reference import dequantize
+from backend.errors import UserError
 
 QUANTIZED_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A checkpoint that cannot be loaded; the message names the file or tensor and the fix."""
 
 

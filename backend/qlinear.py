@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from kernels import reference
+from backend.errors import UserError
 
 
 class BaseQuantLinear(nn.Module):
@@ -89,7 +90,7 @@ def registered_backends() -> list[type[BaseQuantLinear]]:
     return qlinear_backends.BACKENDS
 
 
-class KernelSelectionError(ValueError):
+class KernelSelectionError(UserError, ValueError):
     pass
 
 

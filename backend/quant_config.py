@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from backend.errors import UserError
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_FORMATS = ("gptq", "gptq_v2")
@@ -12,7 +13,7 @@ QUANTIZE_CONFIG = "quantize_config.json"
 MODEL_CONFIG = "config.json"
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(UserError, ValueError):
     """A quantization config that cannot be used; the message names the file, key and fix."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from backend.errors import UserError
 
 USER_FILE = "config-user.yaml"
 LOAD_KEYS = ("kernel", "device", "dtype")
@@ -24,7 +25,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A settings file that cannot be used; it has been kept (moved aside) and the message says where."""
 
 
