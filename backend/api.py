@@ -251,7 +251,7 @@ def create_api(engine: Engine, settings: Settings, api_key: str | None = None) -
         # OpenAI's newer "developer" role is the old "system"
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        preamble = svc.saved(loaded).get("assistant_preamble")
+        preamble = svc.saved(loaded).get("assistant_preamble") or None   # empty: the built-in preamble
         svc.check_fit(loaded, params, _count(loaded.tokenizer, prompts.render_dialogue(messages, preamble)),
                       "messages")
         run = GenerationRun(request, lambda cancel: engine.chat(messages, params, preamble, cancel))

@@ -11,11 +11,11 @@ from typing import Any, Iterator
 import torch
 
 from backend import prompts
-from backend.generate import Chunk, GenerationError, GenerationParams, fim_ids, fit_context, stream
-from backend.loader import (ModelLoadError, build_skeleton, estimate_memory, from_quantized, has_separate_head,
-                            load_model_config, load_tokenizer, resolve_weights)
+from backend.checkpoint import Checkpoint, ModelLoadError
+from backend.errors import GenerationError, UserError
+from backend.generate import Chunk, GenerationParams, fim_ids, fit_context, stream
+from backend.loader import from_quantized, load_tokenizer
 from backend.quant_config import QuantConfig
-from backend.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 HIDDEN_DIRS = {".downloads"}
@@ -29,19 +29,39 @@ class NoModelLoaded(UserError, RuntimeError):
 class ModelInfo:
     """What the Model tab shows before loading: read from the folder, nothing loaded."""
     name: str
-    path: Path
-    quant: QuantConfig
-    weights_files: tuple[str, ...]
-    estimate_bytes: int
-    n_positions: int
-    layers: int
-    hidden: int
+    checkpoint: Checkpoint
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+    @property
+    def quant(self) -> QuantConfig:
+        return self.checkpoint.quant
+
+    @property
+    def weights_files(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.checkpoint.files)
+
+    @property
+    def estimate_bytes(self) -> int:
+        return self.checkpoint.estimate.total_bytes
+
+    @property
+    def n_positions(self) -> int:
+        return self.checkpoint.config.n_positions
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The settings the model folder suggests for itself (its generation_config.json)."""
+        return dict(self.checkpoint.defaults)
 
     def summary(self) -> dict[str, Any]:
         q = self.quant
         return {"bits": q.bits, "group_size": q.group_size, "act_order (desc_act)": q.desc_act, "sym": q.sym,
                 "checkpoint_format": q.checkpoint_format, "weights_file": ", ".join(self.weights_files),
-                "context": self.n_positions, "layers": self.layers, "hidden": self.hidden,
+                "context": self.n_positions, "layers": self.checkpoint.config.n_layer,
+                "hidden": self.checkpoint.config.n_embd,
                 "memory_estimate_gb": round(self.estimate_bytes / 1e9, 3)}
 
 
@@ -72,6 +92,7 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._active_cancels: set[threading.Event] = set()
         self._cancels_lock = threading.Lock()
+        self._inspected: dict[str, ModelInfo] = {}
 
     # ------------------------------------------------------------ models on disk
 
@@ -96,14 +117,17 @@ class Engine:
         return path
 
     def inspect(self, name: str) -> ModelInfo:
-        """Read the folder's configs and estimate memory without loading any weights."""
+        """The folder's configs, weight files and memory estimate, without loading any weights.
+
+        Read once and kept until a file of the folder changes, so one model choice reads its configs once.
+        """
         path = self.model_path(name)
-        qcfg = QuantConfig.from_dir(path)
-        config = load_model_config(path)
-        files = resolve_weights(path, None, qcfg, allow_pickle=False)
-        estimate = estimate_memory(build_skeleton(config, qcfg, torch.float16), has_separate_head(files))
-        return ModelInfo(name, path, qcfg, tuple(p.name for p in files), estimate.total_bytes,
-                         config.n_positions, config.n_layer, config.n_embd)
+        cached = self._inspected.get(name)
+        if cached is not None and cached.path == path and cached.checkpoint.is_current():
+            return cached
+        info = ModelInfo(name, Checkpoint.read(path))
+        self._inspected[name] = info
+        return info
 
     # ------------------------------------------------------------ load / unload
 
@@ -121,7 +145,7 @@ class Engine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             start = time.perf_counter()
-            model = from_quantized(info.path, device=device, kernel=kernel, torch_dtype=dtype)
+            model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
             tokenizer = load_tokenizer(info.path)
             memory = sum(t.numel() * t.element_size() for t in
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())

@@ -9,3 +9,7 @@ class UserError(Exception):
     must say what is wrong and what to do. Anything that is not a UserError is a bug: the front doors
     log it and answer with a generic message.
     """
+
+
+class GenerationError(UserError, ValueError):
+    """Parameters or a prompt that cannot be generated from; the message says what to change."""

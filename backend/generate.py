@@ -12,62 +12,10 @@ from transformers import (LogitsProcessorList, MinPLogitsWarper, NoRepeatNGramLo
                           RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper, TypicalLogitsWarper)
 
-from backend.errors import UserError
+from backend.errors import GenerationError
+from backend.settings.table import GenerationParams
 
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<fim_prefix>", "<fim_suffix>", "<fim_middle>"
-
-
-class GenerationError(UserError, ValueError):
-    """Parameters or a prompt that cannot be generated from; the message says what to change."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.2
-    top_p: float = 0.95
-    top_k: int = 0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    seed: int = -1                              # -1: a fresh random seed each time
-    stop: tuple[str, ...] = ()
-    context_length: int = 0                     # 0: the model's n_positions
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        checks = [
-            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.temperature >= 0, "temperature must be ≥ 0 (0 means greedy)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k >= 0, "top_k must be ≥ 0 (0 disables it)"),
-            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-            (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 disables it)"),
-            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be ≥ 0"),
-            (self.context_length >= 0, "context_length must be ≥ 0 (0 means the model's maximum)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise GenerationError(message)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GenerationParams":
-        """Known keys only; a value of the wrong type is reported by name."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        out = {}
-        for key, value in values.items():
-            if key not in fields or value is None:
-                continue
-            try:
-                if key == "stop":
-                    out[key] = (value,) if isinstance(value, str) else tuple(str(s) for s in value)
-                else:
-                    out[key] = type(fields[key].default)(value)
-            except (TypeError, ValueError):
-                raise GenerationError(f"{key} must be a number, got {value!r}") from None
-        return cls(**out)
 
 
 @dataclasses.dataclass

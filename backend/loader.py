@@ -1,172 +1,29 @@
-"""Load a GPTQ StarCoder checkpoint: config → meta skeleton → QuantLinear swap → safetensors → device."""
+"""Load a GPTQ StarCoder checkpoint: Checkpoint → meta skeleton → QuantLinear swap → safetensors → device."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+from accelerate import dispatch_model, infer_auto_device_map
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTBigCodeForCausalLM
+from transformers import AutoTokenizer, GPTBigCodeForCausalLM
 
-from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
-from backend.quant_config import QuantConfig, QuantConfigError
+from backend.checkpoint import (QUANTIZED_LAYERS, Checkpoint, MemoryEstimate, ModelLoadError, build_skeleton,
+                                estimate_memory, has_separate_head, load_model_config, quantized_linears,
+                                resolve_weights)
+from backend.qlinear import select_backend
+from backend.quant_config import QuantConfig
 from kernels.reference import dequantize
-from backend.errors import UserError
 
-QUANTIZED_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A checkpoint that cannot be loaded; the message names the file or tensor and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryEstimate:
-    quantized_bytes: int      # qweight/qzeros/scales/g_idx/bias of the QuantLinear layers
-    dense_bytes: int          # embeddings, norms, lm_head in the compute dtype
-
-    @property
-    def total_bytes(self) -> int:
-        return self.quantized_bytes + self.dense_bytes
-
-    def describe(self) -> str:
-        gb = 1e9
-        return (f"{self.total_bytes / gb:.2f} GB of weights ({self.quantized_bytes / gb:.2f} GB quantized "
-                f"+ {self.dense_bytes / gb:.2f} GB dense)")
-
-
-# ---------------------------------------------------------------- configs and files
-
-def load_model_config(model_dir: Path) -> GPTBigCodeConfig:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; a model folder needs the config.json of its repo "
-                             f"(download the whole repo again).")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc}); re-download it.") from None
-    if not isinstance(raw, dict) or raw.get("model_type") != "gpt_bigcode":
-        kind = raw.get("model_type") if isinstance(raw, dict) else None
-        raise ModelLoadError(f"{path}: model_type is {kind!r}; this app loads GPTBigCode (StarCoder) "
-                             f"models, whose config says \"model_type\": \"gpt_bigcode\".")
-    raw.pop("quantization_config", None)   # transformers would try its own GPTQ integration
-    return GPTBigCodeConfig.from_dict(raw)
-
-
-def resolve_weights(model_dir: Path, model_basename: str | None, qcfg: QuantConfig,
-                    allow_pickle: bool = False) -> list[Path]:
-    """The weight files, in AutoGPTQ's order of preference; pickle only when explicitly allowed."""
-    for base in (model_basename, qcfg.model_file_base_name, "model"):
-        if base:
-            path = model_dir / (base if base.endswith(".safetensors") else f"{base}.safetensors")
-            if path.is_file():
-                return [path]
-            if model_basename and base == model_basename:
-                pickled = [model_dir / f"{base}{s}" for s in PICKLE_SUFFIXES if (model_dir / f"{base}{s}").is_file()]
-                if not pickled:
-                    raise ModelLoadError(f"{path} does not exist; check model_basename (files here: "
-                                         f"{', '.join(sorted(p.name for p in model_dir.iterdir()))}).")
-    singles = sorted(model_dir.glob("*.safetensors"))
-    if len(singles) == 1:
-        return singles
-    indexes = sorted(model_dir.glob("*.safetensors.index.json"))
-    if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{indexes[0]}: unreadable shard index ({exc}); re-download it.") from None
-        shards = [model_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [p.name for p in shards if not p.is_file()]
-        if missing:
-            raise ModelLoadError(f"{indexes[0].name} lists shards that are missing: {', '.join(missing)}; "
-                                 f"finish the download.")
-        return shards
-    if len(singles) > 1:
-        raise ModelLoadError(f"{model_dir} holds several .safetensors files "
-                             f"({', '.join(p.name for p in singles)}); pass model_basename to pick one.")
-    pickled = sorted(p for s in PICKLE_SUFFIXES for p in model_dir.glob(f"*{s}"))
-    if pickled and not allow_pickle:
-        raise ModelLoadError(
-            f"{model_dir} has only pickle weights ({', '.join(p.name for p in pickled)}). Pickle files can "
-            f"run arbitrary code when loaded, so they are refused; use a safetensors download, or allow "
-            f"pickle explicitly (allow_pickle=True) if you trust the source.")
-    if pickled:
-        return pickled[:1]
-    raise ModelLoadError(f"no weights file in {model_dir}: expected model.safetensors (or the file named by "
-                         f"model_file_base_name); the download is incomplete.")
-
-
-# ---------------------------------------------------------------- skeleton
-
-def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype,
-                   layer_class=TorchQuantLinear) -> GPTBigCodeForCausalLM:
-    """The model on the meta device with every quantized Linear already a QuantLinear."""
-    # buffers on meta too: the 8192² causal-mask buffer is built once, after loading, not per skeleton
-    with init_empty_weights(include_buffers=True):
-        model = GPTBigCodeForCausalLM(config).to(dtype)
-    for name, linear in list(quantized_linears(model)):
-        qcfg.check_layer(name, linear.in_features)
-        cls = layer_class(name, linear) if not isinstance(layer_class, type) else layer_class
-        _set_module(model, name, cls(linear.in_features, linear.out_features, qcfg.bits, qcfg.group_size,
-                                     bias=linear.bias is not None, zero_offset=qcfg.zero_offset, device="meta"))
-    return model
-
-
-def quantized_linears(model: nn.Module):
-    for name, module in model.named_modules():
-        if name.endswith(QUANTIZED_LAYERS) and isinstance(module, (nn.Linear, BaseQuantLinear)):
-            yield name, module
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
-
-
-def estimate_memory(model: nn.Module, separate_head: bool = False) -> MemoryEstimate:
-    """Bytes of every tensor the loaded model will hold, computed from the meta skeleton.
-
-    `separate_head`: the file carries its own lm_head.weight, which is only shared with the input
-    embedding once loading shows the two are equal; before that, count it (an upper bound).
-    """
-    quant = sum(t.numel() * t.element_size() for _, m in quantized_linears(model)
-                for t in m.state_dict().values())
-    seen, dense = set(), 0
-    for name, p in model.state_dict(keep_vars=True).items():
-        if ".".join(name.split(".")[:-1]).endswith(QUANTIZED_LAYERS) or id(p) in seen:
-            continue
-        seen.add(id(p))
-        dense += p.numel() * p.element_size()
-    head = model.get_output_embeddings().weight
-    if separate_head and head is model.get_input_embeddings().weight:
-        dense += head.numel() * head.element_size()
-    return MemoryEstimate(quant, dense)
-
-
-def has_separate_head(files: list[Path]) -> bool:
-    """Whether the checkpoint stores lm_head.weight (read from the safetensors headers only)."""
-    for path in files:
-        if path.suffix == ".safetensors":
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    if "lm_head.weight" in handle.keys():
-                        return True
-            except Exception:  # unreadable headers are reported by the load itself
-                return False
-    return False
 
 
 # ---------------------------------------------------------------- loading tensors
 
-def read_checkpoint(files: list[Path], expected: dict[str, torch.Tensor], placement: dict[str, torch.device],
+def read_tensors(files: list[Path], expected: dict[str, torch.Tensor], placement: dict[str, torch.device],
                     dtype: torch.dtype, qcfg: QuantConfig, tied: bool) -> dict[str, torch.Tensor]:
     """Every expected tensor, checked by name, shape and dtype, on its device; mmap-backed on CPU.
 
@@ -297,18 +154,16 @@ def _placement(state_keys, device_map: dict[str, Any]) -> dict[str, torch.device
 
 # ---------------------------------------------------------------- public API
 
-def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = None, use_safetensors: bool = True,
+def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: str | None = None, use_safetensors: bool = True,
                    trust_remote_code: bool = False, device: str | None = None, device_map: str | None = None,
                    use_triton: bool = False, quantize_config: QuantConfig | dict | None = None,
                    kernel: str = "auto", torch_dtype: Any = "auto", max_memory: dict | None = None,
                    allow_pickle: bool = False, check_memory: bool = True, **_ignored: Any) -> GPTBigCodeForCausalLM:
     """AutoGPTQ-compatible loader returning a transformers model whose generate()/forward() work.
 
+    `model_dir` may also be a `Checkpoint` already read (the Engine passes the one it inspected).
     `use_triton=True` is AutoGPTQ's way of asking for Triton; it maps to kernel="triton".
     """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"model folder {model_dir} does not exist; download the model first.")
     if trust_remote_code:
         raise ModelLoadError("trust_remote_code=True is not supported: StarCoder needs no remote code, and "
                              "running code from a model repo is refused for safety.")
@@ -318,15 +173,17 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     if use_triton and kernel == "auto":
         kernel = "triton"
     device = str(device or device_map or "cpu")
-    qcfg = (quantize_config if isinstance(quantize_config, QuantConfig)
-            else QuantConfig.from_dict(quantize_config, "quantize_config argument") if quantize_config
-            else QuantConfig.from_dir(model_dir))
-    config = load_model_config(model_dir)
+    if isinstance(model_dir, Checkpoint):
+        ckpt = model_dir
+    else:
+        qcfg = (quantize_config if isinstance(quantize_config, QuantConfig)
+                else QuantConfig.from_dict(quantize_config, "quantize_config argument") if quantize_config else None)
+        ckpt = Checkpoint.read(model_dir, model_basename, allow_pickle, qcfg)
+    config, qcfg, files = ckpt.config, ckpt.quant, list(ckpt.files)
     dtype = resolve_dtype(torch_dtype, device)
-    files = resolve_weights(model_dir, model_basename, qcfg, allow_pickle)
 
     skeleton = build_skeleton(config, qcfg, dtype)
-    estimate = estimate_memory(skeleton, has_separate_head(files))
+    estimate = estimate_memory(skeleton, ckpt.separate_head)
     device_map = _device_map(skeleton, device, max_memory)
     if check_memory and device != "auto":
         free = _available_bytes(torch.device(device))
@@ -344,7 +201,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     tied = bool(getattr(config, "tie_word_embeddings", True))
     expected = dict(model.state_dict(keep_vars=True))
     placement = _placement(expected, device_map)
-    state = read_checkpoint(files, expected, placement, dtype, qcfg, tied)
+    state = read_tensors(files, expected, placement, dtype, qcfg, tied)
     head = state.pop("lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
     wte = model.transformer.wte.weight
@@ -359,9 +216,8 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     model.eval()
     if device == "auto":
         model = dispatch_model(model, device_map=device_map)
-    gen_cfg = model_dir / "generation_config.json"
-    if gen_cfg.is_file():
-        model.generation_config = GenerationConfig.from_pretrained(model_dir)
+    if ckpt.generation_config is not None:
+        model.generation_config = ckpt.generation_config
     model.quantize_config = qcfg
     model.memory_estimate = estimate
     model.kernel_report = kernel_report(model)
@@ -415,5 +271,6 @@ def load_tokenizer(model_dir: str | os.PathLike):
                              f"tokenizer.json and tokenizer_config.json from the model repo.") from None
 
 
-__all__ = ["from_quantized", "load_tokenizer", "estimate_memory", "has_separate_head", "build_skeleton",
-           "ModelLoadError", "MemoryEstimate", "QuantConfigError", "resolve_weights"]
+__all__ = ["from_quantized", "load_tokenizer", "load_dequantized", "kernel_report", "Checkpoint", "ModelLoadError",
+           "MemoryEstimate", "build_skeleton", "estimate_memory", "has_separate_head", "load_model_config",
+           "quantized_linears", "resolve_weights"]

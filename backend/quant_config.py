@@ -88,14 +88,18 @@ class QuantConfig:
     def from_dir(cls, model_dir: str | Path) -> "QuantConfig":
         """quantize_config.json if present, else config.json's `quantization_config`."""
         model_dir = Path(model_dir)
-        path = model_dir / QUANTIZE_CONFIG
-        if path.is_file():
-            return cls.from_dict(_read_json(path), str(path))
-        cfg_path = model_dir / MODEL_CONFIG
-        if cfg_path.is_file():
-            block = _read_json(cfg_path).get("quantization_config")
-            if block is not None:
-                return cls.from_dict(block, f"{cfg_path} (quantization_config)")
+        path, cfg_path = model_dir / QUANTIZE_CONFIG, model_dir / MODEL_CONFIG
+        return cls.from_files(model_dir, read_json(path) if path.is_file() else None,
+                              read_json(cfg_path) if cfg_path.is_file() else None)
+
+    @classmethod
+    def from_files(cls, model_dir: Path, quantize_config: dict | None, config: dict | None) -> "QuantConfig":
+        """The same rule as from_dir, over the two files' contents already read (None: no such file)."""
+        if quantize_config is not None:
+            return cls.from_dict(quantize_config, str(model_dir / QUANTIZE_CONFIG))
+        block = (config or {}).get("quantization_config")
+        if block is not None:
+            return cls.from_dict(block, f"{model_dir / MODEL_CONFIG} (quantization_config)")
         raise QuantConfigError(
             f"{model_dir}: no {QUANTIZE_CONFIG} and no 'quantization_config' in {MODEL_CONFIG}; "
             f"this is not a GPTQ model folder (download the quantized repo, e.g. TheBloke/starcoder-GPTQ).")
@@ -110,7 +114,7 @@ class QuantConfig:
         return out
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

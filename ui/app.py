@@ -10,6 +10,7 @@ from backend.settings import Settings
 from ui.download_tab import DOWNLOAD_CSS, DownloadHandlers, build_download_box
 from ui.generation_tab import GENERATION_CSS, GPU_QUEUE, GenerationHandlers, build_generation_tab
 from ui.model_tab import ModelHandlers, build_model_tab
+from ui.wiring import on
 
 TITLE = "StarCoder WebUI"
 CSS = DOWNLOAD_CSS + GENERATION_CSS + """
@@ -30,7 +31,7 @@ def build_ui(engine: Engine, settings: Settings, startup_note: str = "") -> gr.B
     downloads = DownloadHandlers(engine)
     generation = GenerationHandlers(engine)
     loaded = engine.loaded
-    initial = settings.for_model(loaded.name) if loaded else dict(settings.defaults)
+    initial = models.settings_for(loaded.name if loaded else None)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Tabs(elem_id="tabs"):
@@ -45,35 +46,37 @@ def build_ui(engine: Engine, settings: Settings, startup_note: str = "") -> gr.B
                             "Use `user/model` or `user/model:branch`.")
                 build_download_box(downloads, model.dropdown, compact=False, prefix="dl")
 
-        settings_outputs = [model.kernel, model.device, model.dtype, *gen.panel, gen.mode, gen.fim_order,
-                            gen.preamble]
-        load_inputs = [model.dropdown, model.kernel, model.device, model.dtype]
-        load_outputs = [model.status, model.info]
+        # every setting's component by its key in the settings table
+        setting_components = {"kernel": model.kernel, "device": model.device, "dtype": model.dtype, **gen.panel,
+                              "mode": gen.mode, "fim_order": gen.fim_order, "assistant_preamble": gen.preamble}
+        load_inputs = {"name": model.dropdown, "kernel": model.kernel, "device": model.device, "dtype": model.dtype}
+        load_outputs = {"status": model.status, "info": model.info}
 
-        (model.dropdown.input(models.select, inputs=[model.dropdown, model.autoload],
-                              outputs=[*settings_outputs, model.info, model.status], queue=False)
-         .then(models.load_if_autoload, inputs=[model.dropdown, model.autoload, *load_inputs[1:]],
-               outputs=load_outputs, **GPU_QUEUE))
+        selected = on(model.dropdown.input, models.select, {"name": model.dropdown, "autoload": model.autoload},
+                      {**setting_components, **load_outputs}, queue=False)
+        on(selected.then, models.load_if_autoload, {**load_inputs, "autoload": model.autoload}, load_outputs,
+           **GPU_QUEUE)
         for button in (model.load, model.reload):
             # cancelling first lets the queued load start within one token of a running generation
-            button.click(models.cancel_generation, queue=False).then(
-                models.load, inputs=load_inputs, outputs=load_outputs, **GPU_QUEUE)
-        model.unload.click(models.cancel_generation, queue=False).then(
-            models.unload, inputs=model.dropdown, outputs=load_outputs, **GPU_QUEUE)
-        model.save.click(models.save, inputs=[model.dropdown, model.kernel, model.device, model.dtype, gen.mode,
-                                              gen.fim_order, gen.preamble, *gen.panel],
-                         outputs=model.status, queue=False)
+            on(button.click(models.cancel_generation, queue=False).then, models.load, load_inputs, load_outputs,
+               **GPU_QUEUE)
+        on(model.unload.click(models.cancel_generation, queue=False).then, models.unload, {"name": model.dropdown},
+           load_outputs, **GPU_QUEUE)
+        on(model.save.click, models.save,
+           {"name": model.dropdown, "kernel": model.kernel, "device": model.device, "dtype": model.dtype,
+            "mode": gen.mode, "fim_order": gen.fim_order, "assistant_preamble": gen.preamble, "params": gen.panel},
+           {"status": model.status}, queue=False)
 
-        def on_page_load() -> list[Any]:
+        def on_page_load() -> dict[str, Any]:
             """Every new page shows the engine's current model and that model's saved settings."""
             current = engine.loaded
             name = current.name if current else None
             values = models.settings_for(name)
             note = models.warnings_note()
             ready = f"Ready: {name} is loaded." if name else "No model is loaded: choose one in the Model tab."
-            return [gr.update(choices=engine.list_models(), value=name), *values, models.info(name),
-                    f"{note} {models.current_status()}".strip(), ready]
+            return {"name": gr.update(choices=engine.list_models(), value=name), **values, "info": models.info(name),
+                    "status": f"{note} {models.current_status()}".strip(), "ready": ready}
 
-        demo.load(on_page_load, outputs=[model.dropdown, *settings_outputs, model.info, model.status, gen.status],
-                  queue=False)
+        on(demo.load, on_page_load, None,
+           {"name": model.dropdown, **setting_components, **load_outputs, "ready": gen.status}, queue=False)
     return demo

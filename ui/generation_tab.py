@@ -11,9 +11,11 @@ from typing import Any, Iterator
 import gradio as gr
 
 from backend.engine import Engine, NoModelLoaded
-from backend.generate import Chunk, GenerationError
+from backend.errors import GenerationError
+from backend.generate import Chunk
 from backend.prompts import DEFAULT_PREAMBLE
 from ui.params import build_params_panel, generation_params
+from ui.wiring import on
 
 FILL = "<FILL>"
 MODES = [("Completion", "completion"), ("Fill-in-the-middle", "fim"), ("Tech assistant", "assistant")]
@@ -80,7 +82,7 @@ class GenerationTab:
     message: gr.Textbox
     preamble: gr.Textbox
     status: gr.Markdown
-    panel: list[gr.components.Component]
+    panel: dict[str, gr.components.Component]
 
 
 class GenerationHandlers:
@@ -90,11 +92,10 @@ class GenerationHandlers:
         self.engine = engine
         self.update_s = update_s
 
-    def _stream(self, chunks_of, flag: threading.Event | None, panel) -> Iterator[tuple[str, Chunk | None]]:
+    def _stream(self, chunks_of, flag: threading.Event | None, params: dict) -> Iterator[tuple[str, Chunk | None]]:
         """(text so far, last chunk) per streamed piece; errors become a GenerationError."""
         try:
-            params = generation_params(panel)
-            chunks = chunks_of(params, flag or threading.Event())
+            chunks = chunks_of(generation_params(params), flag or threading.Event())
         except NoModelLoaded as exc:
             raise GenerationError(str(exc)) from None
         text, shown_at, chunk = "", 0.0, None
@@ -111,64 +112,66 @@ class GenerationHandlers:
         if chunk is None:   # the engine yields nothing when Stop came while this request waited its turn
             raise GenerationError("stopped before the model began generating.")
 
-    def complete(self, prompt: str, flag: threading.Event | None, *panel: Any) -> Iterator[tuple[str, str]]:
-        """Yields (output, status)."""
-        yield "", describe(None, True)
-        yield from self._complete_into("", prompt, flag, panel)
+    def complete(self, prompt: str, flag: threading.Event | None, params: dict) -> Iterator[dict[str, Any]]:
+        """Yields output and status."""
+        yield {"output": "", "status": describe(None, True)}
+        yield from self._complete_into("", prompt, flag, params)
 
     def continue_(self, prompt: str, output: str, flag: threading.Event | None,
-                  *panel: Any) -> Iterator[tuple[str, str]]:
+                  params: dict) -> Iterator[dict[str, Any]]:
         """Generate more after prompt + output, appending to the output."""
-        yield output, describe(None, True)
-        yield from self._complete_into(output, prompt + output, flag, panel)
+        yield {"output": output, "status": describe(None, True)}
+        yield from self._complete_into(output, prompt + output, flag, params)
 
-    def _complete_into(self, before: str, prompt: str, flag, panel) -> Iterator[tuple[str, str]]:
-        last = None
+    def _complete_into(self, before: str, prompt: str, flag, params: dict) -> Iterator[dict[str, Any]]:
         try:
-            for text, last in self._stream(lambda p, c: self.engine.complete(prompt, p, c), flag, panel):
-                yield before + text, describe(last, last.finish_reason is None)
+            for text, last in self._stream(lambda p, c: self.engine.complete(prompt, p, c), flag, params):
+                yield {"output": before + text, "status": describe(last, last.finish_reason is None)}
         except GenerationError as exc:
-            yield gr.update(), f"{exc}"
+            yield {"status": f"{exc}"}
 
-    def fill(self, code: str, gap: str, prefix: str, suffix: str, order: str, flag: threading.Event | None,
-             *panel: Any) -> Iterator[tuple[str, str, str]]:
-        """Yields (merged html, middle, status)."""
+    def fill(self, code: str, gap: str, prefix: str, suffix: str, fim_order: str, flag: threading.Event | None,
+             params: dict) -> Iterator[dict[str, Any]]:
+        """Yields the merged html, the middle and the status."""
         try:
             if gap == GAP_MARKER:
                 prefix, suffix = split_fill(code or "")
-            yield merged_html(prefix, "", suffix), "", describe(None, True)
-            for middle, last in self._stream(lambda p, c: self.engine.infill(prefix, suffix, p, order, c),
-                                             flag, panel):
-                yield merged_html(prefix, middle, suffix), middle, describe(last, last.finish_reason is None)
+            yield {"merged": merged_html(prefix, "", suffix), "middle": "", "status": describe(None, True)}
+            for middle, last in self._stream(lambda p, c: self.engine.infill(prefix, suffix, p, fim_order, c),
+                                             flag, params):
+                yield {"merged": merged_html(prefix, middle, suffix), "middle": middle,
+                       "status": describe(last, last.finish_reason is None)}
         except GenerationError as exc:
-            yield gr.update(), gr.update(), f"{exc}"
+            yield {"status": f"{exc}"}
 
-    def accept(self, code: str, gap: str, prefix: str, suffix: str, middle: str) -> tuple[Any, Any, Any, str]:
-        """Put the middle into the code: (code, prefix, suffix, status)."""
+    def accept(self, code: str, gap: str, prefix: str, suffix: str, middle: str) -> dict[str, Any]:
+        """Put the middle into the code."""
         if gap == GAP_MARKER:
             try:
                 before, after = split_fill(code or "")
             except GenerationError as exc:
-                return gr.update(), gr.update(), gr.update(), f"{exc}"
-            return before + middle + after, gr.update(), gr.update(), "Accepted: the middle is now part of the code."
-        return prefix + middle + suffix, prefix + middle, gr.update(), "Accepted: the middle was appended to the prefix."
+                return {"status": f"{exc}"}
+            return {"code": before + middle + after, "status": "Accepted: the middle is now part of the code."}
+        return {"code": prefix + middle + suffix, "prefix": prefix + middle,
+                "status": "Accepted: the middle was appended to the prefix."}
 
-    def chat(self, message: str, history: list[dict], preamble: str, flag: threading.Event | None,
-             *panel: Any) -> Iterator[tuple[list[dict], str, str]]:
-        """Yields (history, message box, status)."""
+    def chat(self, message: str, history: list[dict], assistant_preamble: str, flag: threading.Event | None,
+             params: dict) -> Iterator[dict[str, Any]]:
+        """Yields the dialogue, the message box and the status."""
         if not (message or "").strip():
-            yield history, message, "Type a message first."
+            yield {"chatbot": history, "message": message, "status": "Type a message first."}
             return
         turns = [{"role": m["role"], "content": _text(m["content"])} for m in history or []]
         turns.append({"role": "user", "content": message.strip()})
         shown = turns + [{"role": "assistant", "content": ""}]
-        yield shown, "", describe(None, True)
+        yield {"chatbot": shown, "message": "", "status": describe(None, True)}
         try:
-            for reply, last in self._stream(lambda p, c: self.engine.chat(turns, p, preamble, c), flag, panel):
+            for reply, last in self._stream(lambda p, c: self.engine.chat(turns, p, assistant_preamble, c),
+                                            flag, params):
                 shown[-1] = {"role": "assistant", "content": reply.strip()}
-                yield shown, "", describe(last, last.finish_reason is None)
+                yield {"chatbot": shown, "message": "", "status": describe(last, last.finish_reason is None)}
         except GenerationError as exc:
-            yield turns, message, f"{exc}"
+            yield {"chatbot": turns, "message": message, "status": f"{exc}"}
 
 
 def _text(content: Any) -> str:
@@ -239,17 +242,20 @@ def build_generation_tab(handlers: GenerationHandlers, values: dict[str, Any]) -
     gap.change(lambda g: gr.update(visible=g == GAP_SPLIT), inputs=gap, outputs=split_box, queue=False)
 
     def arm(trigger, fn, inputs, outputs) -> None:
-        trigger(new_flag, outputs=flag, queue=False).then(fn, inputs=inputs, outputs=outputs, **GPU_QUEUE,
-                                                          show_progress="hidden")
+        # a fresh stop flag first, then the GPU-bound handler in the shared queue
+        on(trigger(new_flag, outputs=flag, queue=False).then, fn, {**inputs, "flag": flag, "params": panel}, outputs,
+           **GPU_QUEUE, show_progress="hidden")
 
-    arm(generate.click, handlers.complete, [prompt, flag, *panel], [output, status])
-    arm(more.click, handlers.continue_, [prompt, output, flag, *panel], [output, status])
-    fim_inputs, fim_outputs = [code, gap, prefix, suffix, fim_order, flag, *panel], [merged, middle, status]
+    arm(generate.click, handlers.complete, {"prompt": prompt}, {"output": output, "status": status})
+    arm(more.click, handlers.continue_, {"prompt": prompt, "output": output}, {"output": output, "status": status})
+    fim_inputs = {"code": code, "gap": gap, "prefix": prefix, "suffix": suffix, "fim_order": fim_order}
+    fim_outputs = {"merged": merged, "middle": middle, "status": status}
     arm(fill.click, handlers.fill, fim_inputs, fim_outputs)
     arm(regenerate.click, handlers.fill, fim_inputs, fim_outputs)
-    accept.click(handlers.accept, inputs=[code, gap, prefix, suffix, middle], outputs=[code, prefix, suffix, status],
-                 queue=False)
-    chat_inputs, chat_outputs = [message, chatbot, preamble, flag, *panel], [chatbot, message, status]
+    on(accept.click, handlers.accept, {"code": code, "gap": gap, "prefix": prefix, "suffix": suffix, "middle": middle},
+       {"code": code, "prefix": prefix, "suffix": suffix, "status": status}, queue=False)
+    chat_inputs = {"message": message, "history": chatbot, "assistant_preamble": preamble}
+    chat_outputs = {"chatbot": chatbot, "message": message, "status": status}
     arm(send.click, handlers.chat, chat_inputs, chat_outputs)
     arm(message.submit, handlers.chat, chat_inputs, chat_outputs)
     clear.click(lambda: ([], ""), outputs=[chatbot, status], queue=False)

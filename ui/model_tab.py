@@ -10,10 +10,11 @@ import torch
 from backend.engine import Engine
 from backend.prompts import DEFAULT_PREAMBLE
 from backend.qlinear import registered_backends
-from backend.settings import Settings, SettingsError
+from backend.errors import UserError
+from backend.settings import LOAD_KEYS, LoadSettings, Settings
 from ui.params import panel_values, values_from_panel
 
-DTYPES = ["auto", "float16", "bfloat16", "float32"]
+DTYPES = list(dataclasses.fields(LoadSettings)[LOAD_KEYS.index("dtype")].metadata["rule"].choices)
 
 
 def kernel_choices() -> list[str]:
@@ -96,19 +97,24 @@ class ModelHandlers:
             return note + "No model loaded: choose one above."
         return note + f"**{loaded.name}** is loaded ({loaded.device}, {loaded.dtype}, kernel {loaded.kernel})."
 
-    def settings_for(self, name: str | None) -> list[Any]:
-        """kernel, device, dtype, *panel, mode, fim_order, preamble for `name`: its saved values or the defaults."""
-        values = self.settings.for_model(name) if name else dict(self.settings.defaults)
-        return [values.get("kernel", "auto"), values.get("device", "auto-detect"), values.get("dtype", "auto"),
-                *panel_values(values), values.get("mode", "completion"), values.get("fim_order", "psm"),
-                values.get("assistant_preamble") or DEFAULT_PREAMBLE]
+    def settings_for(self, name: str | None) -> dict[str, Any]:
+        """Every setting's shown value for `name`: saved < the folder's own defaults < the app's defaults."""
+        folder = {}
+        if name:
+            try:
+                folder = self.engine.inspect(name).defaults
+            except Exception:  # a broken folder is reported by info(); its settings are the defaults
+                folder = {}
+        values = self.settings.for_model(name, folder)
+        return {**{k: values[k] for k in LOAD_KEYS}, **panel_values(values), "mode": values["mode"],
+                "fim_order": values["fim_order"], "assistant_preamble": values["assistant_preamble"] or DEFAULT_PREAMBLE}
 
     def warnings_note(self) -> str:
         return " ".join(f"**Settings warning:** {w}" for w in self.settings.take_warnings())
 
     # ------------------------------------------------------------ acting
 
-    def select(self, name: str | None, autoload: bool) -> list[Any]:
+    def select(self, name: str | None, autoload: bool) -> dict[str, Any]:
         """A model was chosen: its settings (never the previous model's), its facts, a status line."""
         values = self.settings_for(name)
         warning = self.warnings_note()
@@ -117,50 +123,51 @@ class ModelHandlers:
             status = f"Loading **{name}** …"
         else:
             status = f"Selected **{name}**; press Load." if name else "No model selected."
-        return [*values, self.info(name), f"{warning} {status}".strip()]
+        return {**values, "info": self.info(name), "status": f"{warning} {status}".strip()}
 
-    def load(self, name: str | None, kernel: str, device: str, dtype: str) -> Iterator[tuple[str, str]]:
-        """Yields (status, info); a failure leaves the app usable and says why."""
+    def load(self, name: str | None, kernel: str, device: str, dtype: str) -> Iterator[dict[str, str]]:
+        """Yields status and info; a failure leaves the app usable and says why."""
         if not name:
-            yield "Choose a model first.", self.info(name)
+            yield {"status": "Choose a model first.", "info": self.info(name)}
             return
-        yield f"Loading **{name}** (kernel {kernel}, device {device}, dtype {dtype}) …", self.info(name)
+        yield {"status": f"Loading **{name}** (kernel {kernel}, device {device}, dtype {dtype}) …",
+               "info": self.info(name)}
         try:
             loaded = self.engine.load(name, kernel=kernel, device=device, dtype=dtype)
         except Exception as exc:
-            yield (f"**Failed** to load **{name}**: {describe_error(exc)} — no model is loaded now; choose "
-                   f"another model or change the options and press Load."), self.info(name)
+            yield {"status": f"**Failed** to load **{name}**: {describe_error(exc)} — no model is loaded now; "
+                             f"choose another model or change the options and press Load.", "info": self.info(name)}
             return
-        yield (f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} ({loaded.dtype}), "
-               f"memory used {human_bytes(loaded.memory_bytes)}."), self.info(name)
+        yield {"status": f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} "
+                         f"({loaded.dtype}), memory used {human_bytes(loaded.memory_bytes)}.", "info": self.info(name)}
 
     def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str,
-                         dtype: str) -> Iterator[tuple[str, str]]:
+                         dtype: str) -> Iterator[dict[str, str]]:
         if autoload and name:
             yield from self.load(name, kernel, device, dtype)
 
     def cancel_generation(self) -> None:
         self.engine.cancel_all()
 
-    def unload(self, name: str | None) -> tuple[str, str]:
+    def unload(self, name: str | None) -> dict[str, str]:
         loaded = self.engine.loaded
         self.engine.unload()
         message = f"Unloaded **{loaded.name}**." if loaded else "No model was loaded."
-        return message, self.info(name)
+        return {"status": message, "info": self.info(name)}
 
     def save(self, name: str | None, kernel: str, device: str, dtype: str, mode: str, fim_order: str,
-             preamble: str, *panel: Any) -> str:
+             assistant_preamble: str, params: dict[str, Any]) -> dict[str, str]:
         if not name:
-            return "Choose a model before saving its settings."
+            return {"status": "Choose a model before saving its settings."}
         values = {"kernel": kernel, "device": device, "dtype": dtype, "mode": mode, "fim_order": fim_order,
-                  **values_from_panel(panel)}
-        if preamble and preamble.strip() != DEFAULT_PREAMBLE.strip():
-            values["assistant_preamble"] = preamble
+                  **values_from_panel(params)}
+        if assistant_preamble and assistant_preamble.strip() != DEFAULT_PREAMBLE.strip():
+            values["assistant_preamble"] = assistant_preamble
         try:
             self.settings.save_for_model(name, values)
-        except (SettingsError, OSError) as exc:
-            return f"**Settings not saved:** {exc}"
-        return f"Saved settings for **{name}** to {self.settings.user_file.name}."
+        except (UserError, OSError) as exc:
+            return {"status": f"**Settings not saved:** {exc}"}
+        return {"status": f"Saved settings for **{name}** to {self.settings.user_file.name}."}
 
 
 def build_model_tab(handlers: ModelHandlers) -> ModelTab:

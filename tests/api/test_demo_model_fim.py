@@ -8,7 +8,7 @@ import pytest
 from backend.api import create_api
 from backend.engine import Engine
 from backend.generate import GenerationParams
-from backend.settings import BUILTIN_DEFAULTS, GENERATION_KEYS, Settings
+from backend.settings import DEFAULTS, GENERATION_KEYS, Settings
 from tests.api.conftest import serve
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
@@ -20,14 +20,14 @@ def demo_api(demo_dir, tmp_path_factory):
     engine = Engine(demo_dir.parent)
     engine.load(demo_dir.name, device="cpu")
     # the built-in defaults, not whatever a user saved for the demo model in models/config-user.yaml
-    settings = Settings(dict(BUILTIN_DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
+    settings = Settings(dict(DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
     with serve(create_api(engine, settings)) as url:
         yield engine, url
 
 
 def test_fim_returns_the_engines_middle_and_nothing_else(demo_api, demo_dir):
     engine, url = demo_api
-    params = GenerationParams.from_dict({**{k: BUILTIN_DEFAULTS[k] for k in GENERATION_KEYS},
+    params = GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS},
                                          "max_new_tokens": 48, "seed": 1234})
     middle = "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
 

@@ -133,7 +133,7 @@ def test_fim_needs_fim_tokens(tmp_path):
 
 @pytest.mark.parametrize("values,expect", [
     ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"top_k": "many"}, "top_k must be a number"), ({"min_p": 1.5}, "min_p"),
+    ({"top_k": "many"}, "top_k must be a whole number"), ({"min_p": 1.5}, "min_p"),
     ({"repetition_penalty": 0}, "repetition_penalty"),
 ])
 def test_bad_parameters_are_named(values, expect):

@@ -3,7 +3,7 @@ import yaml
 
 import pytest
 
-from backend.settings import BUILTIN_DEFAULTS, Settings, SettingsError
+from backend.settings import DEFAULTS, Settings, SettingsError
 
 
 def make(tmp_path, defaults=None):
@@ -17,7 +17,7 @@ def test_defaults_come_from_settings_yaml(tmp_path):
     settings = make(tmp_path, {"temperature": 0.7, "max_new_tokens": 64})
     merged = settings.for_model("any")
     assert merged["temperature"] == 0.7 and merged["max_new_tokens"] == 64
-    assert merged["top_p"] == BUILTIN_DEFAULTS["top_p"]
+    assert merged["top_p"] == DEFAULTS["top_p"]
 
 
 def test_saved_settings_return_and_do_not_leak(tmp_path):
@@ -66,5 +66,5 @@ def test_corrupt_user_file_on_read_gives_defaults_and_a_warning(tmp_path):
 def test_corrupt_settings_yaml_falls_back_to_builtin_defaults(tmp_path):
     (tmp_path / "settings.yaml").write_text("temperature: [\n")
     settings = Settings.load(tmp_path / "settings.yaml", tmp_path / "models")
-    assert settings.for_model("x")["temperature"] == BUILTIN_DEFAULTS["temperature"]
+    assert settings.for_model("x")["temperature"] == DEFAULTS["temperature"]
     assert "not valid YAML" in settings.take_warnings()[0]
