@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTBigCodeForCausalLM
 
-from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
+from backend.qlinear import BaseQuantLinear, LayerSpec, select_backend
 from backend.quant_config import QuantConfig, QuantConfigError
 from kernels.reference import dequantize
 from backend.errors import UserError
@@ -106,18 +106,26 @@ def resolve_weights(model_dir: Path, model_basename: str | None, qcfg: QuantConf
 
 # ---------------------------------------------------------------- skeleton
 
-def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype,
-                   layer_class=TorchQuantLinear) -> GPTBigCodeForCausalLM:
-    """The model on the meta device with every quantized Linear already a QuantLinear."""
+def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype, kernel: str = "torch",
+                   device_map: dict[str, Any] | None = None) -> GPTBigCodeForCausalLM:
+    """The model on "meta", each quantized Linear already the QuantLinear `kernel` picks for its device."""
     # buffers on meta too: the 8192² causal-mask buffer is built once, after loading, not per skeleton
     with init_empty_weights(include_buffers=True):
         model = GPTBigCodeForCausalLM(config).to(dtype)
     for name, linear in list(quantized_linears(model)):
         qcfg.check_layer(name, linear.in_features)
-        cls = layer_class(name, linear) if not isinstance(layer_class, type) else layer_class
-        _set_module(model, name, cls(linear.in_features, linear.out_features, qcfg.bits, qcfg.group_size,
-                                     bias=linear.bias is not None, zero_offset=qcfg.zero_offset, device="meta"))
+        # without a device map (shapes and memory only) the torch reference on CPU stands in
+        device = _placement([f"{name}.qweight"], device_map or {"": "cpu"})[f"{name}.qweight"]
+        spec = layer_spec(qcfg, linear, device, dtype)
+        _set_module(model, name, select_backend(kernel, spec)(spec, device="meta"))
     return model
+
+
+def layer_spec(qcfg: QuantConfig, linear: nn.Linear, device: torch.device, dtype: torch.dtype) -> LayerSpec:
+    """What the backends need to know about one quantized Linear of this checkpoint."""
+    return LayerSpec(bits=qcfg.bits, group_size=qcfg.group_size, desc_act=qcfg.desc_act, sym=qcfg.sym,
+                     in_features=linear.in_features, out_features=linear.out_features, device=device,
+                     dtype=dtype, bias=linear.bias is not None, zero_offset=qcfg.zero_offset)
 
 
 def quantized_linears(model: nn.Module):
@@ -335,12 +343,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
                                  f"{free / 1e9:.2f} GB free; free memory, choose another device, or use "
                                  f"device='auto' to spread it over GPUs and CPU.")
 
-    def choose(name: str, linear: nn.Module):
-        dev = _placement([name + ".qweight"], device_map)[name + ".qweight"]
-        return select_backend(kernel, bits=qcfg.bits, group_size=qcfg.group_size, desc_act=qcfg.desc_act,
-                              sym=qcfg.sym, in_features=linear.in_features, out_features=linear.out_features,
-                              device=dev, dtype=dtype)
-    model = build_skeleton(config, qcfg, dtype, layer_class=choose)
+    model = build_skeleton(config, qcfg, dtype, kernel, device_map)
     tied = bool(getattr(config, "tie_word_embeddings", True))
     expected = dict(model.state_dict(keep_vars=True))
     placement = _placement(expected, device_map)
@@ -416,4 +419,4 @@ def load_tokenizer(model_dir: str | os.PathLike):
 
 
 __all__ = ["from_quantized", "load_tokenizer", "estimate_memory", "has_separate_head", "build_skeleton",
-           "ModelLoadError", "MemoryEstimate", "QuantConfigError", "resolve_weights"]
+           "layer_spec", "ModelLoadError", "MemoryEstimate", "QuantConfigError", "resolve_weights"]
