@@ -14,7 +14,7 @@ from torch import nn
 from transformers import GenerationConfig, GPTBigCodeConfig, GPTBigCodeForCausalLM
 
 from backend.errors import UserError
-from backend.qlinear import BaseQuantLinear, TorchQuantLinear
+from backend.qlinear import BaseQuantLinear, LayerSpec, select_backend
 from backend.quant_config import QUANTIZE_CONFIG, QuantConfig, read_json
 from backend.settings import GENERATION_KEYS
 
@@ -116,18 +116,26 @@ def resolve_weights(model_dir: Path, model_basename: str | None, qcfg: QuantConf
 
 # ---------------------------------------------------------------- skeleton
 
-def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype,
-                   layer_class=TorchQuantLinear) -> GPTBigCodeForCausalLM:
-    """The model on the meta device with every quantized Linear already a QuantLinear."""
+def build_skeleton(config: GPTBigCodeConfig, qcfg: QuantConfig, dtype: torch.dtype, kernel: str = "torch",
+                   device_map: dict[str, Any] | None = None) -> GPTBigCodeForCausalLM:
+    """The model on "meta", each quantized Linear already the QuantLinear `kernel` picks for its device."""
     # buffers on meta too: the 8192² causal-mask buffer is built once, after loading, not per skeleton
     with init_empty_weights(include_buffers=True):
         model = GPTBigCodeForCausalLM(config).to(dtype)
     for name, linear in list(quantized_linears(model)):
         qcfg.check_layer(name, linear.in_features)
-        cls = layer_class(name, linear) if not isinstance(layer_class, type) else layer_class
-        _set_module(model, name, cls(linear.in_features, linear.out_features, qcfg.bits, qcfg.group_size,
-                                     bias=linear.bias is not None, zero_offset=qcfg.zero_offset, device="meta"))
+        # without a device map (shapes and memory only) the torch reference on CPU stands in
+        device = placement_of([f"{name}.qweight"], device_map or {"": "cpu"})[f"{name}.qweight"]
+        spec = layer_spec(qcfg, linear, device, dtype)
+        _set_module(model, name, select_backend(kernel, spec)(spec, device="meta"))
     return model
+
+
+def layer_spec(qcfg: QuantConfig, linear: nn.Linear, device: torch.device, dtype: torch.dtype) -> LayerSpec:
+    """What the backends need to know about one quantized Linear of this checkpoint."""
+    return LayerSpec(bits=qcfg.bits, group_size=qcfg.group_size, desc_act=qcfg.desc_act, sym=qcfg.sym,
+                     in_features=linear.in_features, out_features=linear.out_features, device=device,
+                     dtype=dtype, bias=linear.bias is not None, zero_offset=qcfg.zero_offset)
 
 
 def quantized_linears(model: nn.Module):
@@ -174,6 +182,21 @@ def has_separate_head(files: list[Path]) -> bool:
     return False
 
 
+
+
+def placement_of(state_keys, device_map: dict[str, Any]) -> dict[str, torch.device]:
+    def lookup(key: str):
+        parts = key.split(".")
+        for i in range(len(parts), -1, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in device_map:
+                return device_map[prefix]
+        raise KeyError(key)
+    out = {}
+    for key in state_keys:
+        dev = lookup(key)
+        out[key] = torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return out
 
 
 # ---------------------------------------------------------------- the folder, read once

@@ -11,10 +11,9 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GPTBigCodeForCausalLM
 
-from backend.checkpoint import (QUANTIZED_LAYERS, Checkpoint, MemoryEstimate, ModelLoadError, build_skeleton,
-                                estimate_memory, has_separate_head, load_model_config, quantized_linears,
-                                resolve_weights)
-from backend.qlinear import select_backend
+from backend.checkpoint import (QUANTIZED_LAYERS, Checkpoint, MemoryEstimate, ModelLoadError, placement_of,
+                                build_skeleton, estimate_memory, has_separate_head, layer_spec, load_model_config,
+                                quantized_linears, resolve_weights)
 from backend.quant_config import QuantConfig
 from kernels.reference import dequantize
 
@@ -137,21 +136,6 @@ def _device_map(model: nn.Module, device: str, max_memory: dict | None) -> dict[
     return device_map
 
 
-def _placement(state_keys, device_map: dict[str, Any]) -> dict[str, torch.device]:
-    def lookup(key: str):
-        parts = key.split(".")
-        for i in range(len(parts), -1, -1):
-            prefix = ".".join(parts[:i])
-            if prefix in device_map:
-                return device_map[prefix]
-        raise KeyError(key)
-    out = {}
-    for key in state_keys:
-        dev = lookup(key)
-        out[key] = torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
-    return out
-
-
 # ---------------------------------------------------------------- public API
 
 def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: str | None = None, use_safetensors: bool = True,
@@ -192,15 +176,10 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
                                  f"{free / 1e9:.2f} GB free; free memory, choose another device, or use "
                                  f"device='auto' to spread it over GPUs and CPU.")
 
-    def choose(name: str, linear: nn.Module):
-        dev = _placement([name + ".qweight"], device_map)[name + ".qweight"]
-        return select_backend(kernel, bits=qcfg.bits, group_size=qcfg.group_size, desc_act=qcfg.desc_act,
-                              sym=qcfg.sym, in_features=linear.in_features, out_features=linear.out_features,
-                              device=dev, dtype=dtype)
-    model = build_skeleton(config, qcfg, dtype, layer_class=choose)
+    model = build_skeleton(config, qcfg, dtype, kernel, device_map)
     tied = bool(getattr(config, "tie_word_embeddings", True))
     expected = dict(model.state_dict(keep_vars=True))
-    placement = _placement(expected, device_map)
+    placement = placement_of(expected, device_map)
     state = read_tensors(files, expected, placement, dtype, qcfg, tied)
     head = state.pop("lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
@@ -210,7 +189,7 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
         model.lm_head.weight = wte
     else:
         model.lm_head.weight = nn.Parameter(head, requires_grad=False)
-    _materialize_causal_mask(model, _placement(["transformer.wte.weight"], device_map)["transformer.wte.weight"])
+    _materialize_causal_mask(model, placement_of(["transformer.wte.weight"], device_map)["transformer.wte.weight"])
     for _, layer in quantized_linears(model):
         layer.post_init()
     model.eval()
@@ -273,4 +252,4 @@ def load_tokenizer(model_dir: str | os.PathLike):
 
 __all__ = ["from_quantized", "load_tokenizer", "load_dequantized", "kernel_report", "Checkpoint", "ModelLoadError",
            "MemoryEstimate", "build_skeleton", "estimate_memory", "has_separate_head", "load_model_config",
-           "quantized_linears", "resolve_weights"]
+           "layer_spec", "quantized_linears", "resolve_weights"]

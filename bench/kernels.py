@@ -16,8 +16,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch
 
-from backend.qlinear import BaseQuantLinear  # noqa: E402
-from backend.qlinear_backends import BACKENDS  # noqa: E402
+from backend.qlinear import BACKENDS, BaseQuantLinear, LayerSpec  # noqa: E402
 
 SHAPES = [("attn.c_attn", 6144, 6400), ("attn.c_proj", 6144, 6144), ("mlp.c_fc", 6144, 24576),
           ("mlp.c_proj", 24576, 6144)]
@@ -41,12 +40,12 @@ def random_gptq_state(K: int, N: int, bits: int, group_size: int, act_order: boo
     return state
 
 
-def build_quant_linear(cls: type[BaseQuantLinear], K: int, N: int, bits: int, group_size: int,
-                       act_order: bool, device: torch.device, dtype: torch.dtype) -> BaseQuantLinear:
+def build_quant_linear(cls: type[BaseQuantLinear], spec: LayerSpec) -> BaseQuantLinear:
     """Construct on meta, assign random tensors, post_init: the loader's lifecycle."""
-    layer = cls(K, N, bits, group_size, bias=True, device="meta")
-    state = random_gptq_state(K, N, bits, group_size, act_order, device)
-    state["bias"] = state["bias"].to(dtype)
+    layer = cls(spec, device="meta")
+    state = random_gptq_state(spec.in_features, spec.out_features, spec.bits, spec.group_size, spec.desc_act,
+                              spec.device)
+    state["bias"] = state["bias"].to(spec.dtype)
     layer.load_state_dict(state, assign=True)
     layer.post_init()
     return layer
@@ -126,15 +125,14 @@ def main() -> None:
                              "ms": ms, "weight_GBps": K * N * w.element_size() / ms / 1e6})
                 del w
             for dtype in quant_dtypes:
-                layer_args = dict(bits=args.bits, group_size=args.group_size, desc_act=args.act_order,
-                                  sym=False, in_features=K, out_features=N, device=device, dtype=dtype)
+                spec = LayerSpec(bits=args.bits, group_size=args.group_size, desc_act=args.act_order, sym=False,
+                                 in_features=K, out_features=N, device=device, dtype=dtype)
                 for cls in BACKENDS:
-                    if cls.validate(**layer_args) is not None or (cls.NAME == "triton" and cpu):
+                    if cls.validate(spec) is not None or (cls.NAME == "triton" and cpu):
                         continue
                     if cls.NAME == "torch" and M > 1:
                         continue  # the reference dequantizes every call; one row shows its cost
-                    layer = build_quant_linear(cls, K, N, args.bits, args.group_size, args.act_order,
-                                               device, dtype)
+                    layer = build_quant_linear(cls, spec)
                     x = torch.randn(M, K, device=device, dtype=dtype)
                     slow = cls.NAME == "torch" and cpu   # seconds per call: one call shows it
                     with torch.no_grad():

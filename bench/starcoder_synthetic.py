@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
-from backend.loader import build_skeleton, quantized_linears  # noqa: E402
-from backend.qlinear import select_backend  # noqa: E402
+from backend.loader import build_skeleton, kernel_report, quantized_linears  # noqa: E402
 from backend.quant_config import QuantConfig  # noqa: E402
 from bench.kernels import OUT, copy_bandwidth_gbs, random_gptq_state, versions  # noqa: E402
 
@@ -49,17 +48,11 @@ def build_model(config: GPTBigCodeConfig, device: torch.device, dtype: torch.dty
     """GPTBigCode with random weights, made on `device` without a dense copy of the quantized layers."""
     quant_dtype = quant_dtype or dtype
     chosen: dict[str, str] = {}
-
-    def choose(name: str, linear: nn.Module) -> type:
-        cls = select_backend(kernel, bits=bits, group_size=group_size, desc_act=act_order, sym=False,
-                             in_features=linear.in_features, out_features=linear.out_features,
-                             device=device, dtype=quant_dtype)
-        chosen[".".join(name.split(".")[-2:])] = cls.NAME
-        return cls
-
     if kernel is not None:
         qcfg = QuantConfig(bits=bits, group_size=group_size, desc_act=act_order, sym=False)
-        model = build_skeleton(config, qcfg, dtype, layer_class=choose)
+        # the quantized layers are chosen for quant_dtype; the rest of the model computes in dtype
+        model = build_skeleton(config, qcfg, quant_dtype, kernel, {"": device}).to(dtype)
+        chosen = kernel_report(model)
     else:
         with torch.device("meta"):
             model = GPTBigCodeForCausalLM(config).to(dtype)

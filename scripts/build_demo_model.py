@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from backend.quant_config import QuantConfig  # noqa: E402
-from backend.quantize import quantize_model, sample_calibration, save_quantized  # noqa: E402
+from quantizer.quantize import quantize_model, sample_calibration, save_quantized  # noqa: E402
 from demo_data import FimSampler, eval_windows, split_corpus, train_tokenizer  # noqa: E402
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "starcoder-demo-build"

@@ -9,9 +9,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gradio as gr
+from gradio.components import Component
 
-Components = Mapping[str, "gr.components.Component | Mapping[str, gr.components.Component]"]
+Components = Mapping[str, "Component | Mapping[str, Component]"]
 
 
 def _flat(named: Components) -> set:

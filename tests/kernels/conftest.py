@@ -8,11 +8,15 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from kernels import reference
+
+if TYPE_CHECKING:  # importing backend.qlinear here would import triton before the interpreter is set
+    from backend.qlinear.base import LayerSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,12 +117,11 @@ def make_gptq_tensors(K: int, N: int, bits: int, group_size: int, act_order: boo
     return out
 
 
-def build_layer(cls, tensors: dict[str, torch.Tensor], K: int, N: int, bits: int, group_size: int,
-                zero_offset: int = 1, device: str = "cpu"):
-    """Mirror the loader: construct on meta, assign tensors, move to the device, post_init once."""
-    layer = cls(K, N, bits, group_size, bias="bias" in tensors, zero_offset=zero_offset, device="meta")
+def build_layer(cls, tensors: dict[str, torch.Tensor], spec: LayerSpec):
+    """Mirror the loader: construct on meta, assign tensors, move to the spec's device, post_init once."""
+    layer = cls(spec, device="meta")
     layer.load_state_dict(tensors, assign=True)
-    layer = layer.to(device)
+    layer = layer.to(spec.device)
     layer.post_init()
     return layer
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.gptq import GPTQ, rtn_quantize
 from backend.quant_config import QuantConfig
-from backend.quantize import (checkpoint_tensors, quantize_model, quantized_module_names, sample_calibration,
-                              save_quantized)
 from kernels.reference import default_g_idx, dequantize
+from quantizer.gptq import GPTQ, rtn_quantize
+from quantizer.quantize import (checkpoint_tensors, quantize_model, quantized_module_names, sample_calibration,
+                                save_quantized)
+from tests.checkpoints import tiny_config
 
 
 def _correlated_inputs(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -97,12 +98,10 @@ def test_act_order_groups_follow_descending_hessian_diagonal() -> None:
 
 
 def _tiny_model():
-    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+    from transformers import GPTBigCodeForCausalLM
 
     torch.manual_seed(0)
-    config = GPTBigCodeConfig(n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=96, n_positions=64,
-                              multi_query=True, bos_token_id=0, eos_token_id=0)
-    return GPTBigCodeForCausalLM(config).eval()
+    return GPTBigCodeForCausalLM(tiny_config()).eval()
 
 
 @pytest.mark.parametrize("fmt", ["gptq", "gptq_v2"])
@@ -161,6 +160,6 @@ def test_rtn_model_and_gptq_beats_it() -> None:
 
 
 def test_cli_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "backend.quantize", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "quantizer", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "--desc-act" in out.stdout

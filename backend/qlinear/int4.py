@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.qlinear import BaseQuantLinear
+from backend.qlinear.base import BaseQuantLinear, LayerSpec
 from kernels import int4pack
 
 
@@ -12,14 +12,14 @@ class _Int4PackQuantLinear(BaseQuantLinear):
 
     SUPPORTED_BITS = (4,)
     SUPPORTED_DTYPES = (torch.bfloat16,)
+    REPACKS = True
 
     @classmethod
-    def validate_extra(cls, *, bits: int, group_size: int, in_features: int, out_features: int,
-                       device: torch.device, dtype: torch.dtype) -> str | None:
-        g = in_features if group_size == -1 else group_size
-        return int4pack.unsupported_reason(in_features, out_features, g, device.type)
+    def validate_extra(cls, spec: LayerSpec) -> str | None:
+        return int4pack.unsupported_reason(spec.in_features, spec.out_features, spec.effective_group_size,
+                                           spec.device.type)
 
-    def post_init(self) -> None:
+    def repack(self) -> None:
         packed, scale_and_zeros, op_group, perm = int4pack.convert(
             self.qweight, self.qzeros, self.scales, self.g_idx, self.group_size, self.zero_offset,
             torch.bfloat16)
@@ -44,15 +44,14 @@ class CudaInt4QuantLinear(_Int4PackQuantLinear):
     SUPPORTED_DEVICES = ("cuda",)
 
     @classmethod
-    def validate_extra(cls, **layer) -> str | None:
-        device = layer["device"]
+    def validate_extra(cls, spec: LayerSpec) -> str | None:
         if not torch.cuda.is_available():
             return "a machine without CUDA"
-        if torch.cuda.get_device_capability(device) < (8, 0):
-            return f"compute capability {torch.cuda.get_device_capability(device)} (needs 8.0+)"
+        if torch.cuda.get_device_capability(spec.device) < (8, 0):
+            return f"compute capability {torch.cuda.get_device_capability(spec.device)} (needs 8.0+)"
         if torch.version.hip is not None:
             return "ROCm (tinygemm's AMD layout differs)"
-        return super().validate_extra(**layer)
+        return super().validate_extra(spec)
 
 
 class CpuInt4QuantLinear(_Int4PackQuantLinear):
@@ -62,7 +61,7 @@ class CpuInt4QuantLinear(_Int4PackQuantLinear):
     SUPPORTED_DEVICES = ("cpu",)
 
     @classmethod
-    def validate_extra(cls, **layer) -> str | None:
+    def validate_extra(cls, spec: LayerSpec) -> str | None:
         if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
             return f"torch {torch.__version__} (needs _weight_int4pack_mm_for_cpu, torch 2.6+)"
-        return super().validate_extra(**layer)
+        return super().validate_extra(spec)

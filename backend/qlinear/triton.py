@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.qlinear import BaseQuantLinear
+from backend.qlinear.base import BaseQuantLinear, LayerSpec
 
 try:
     from kernels import triton_gptq
@@ -18,25 +18,25 @@ class TritonQuantLinear(BaseQuantLinear):
     SUPPORTED_BITS = (2, 4, 8)
     SUPPORTED_DEVICES = ("cuda", "cpu")
     SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+    REPACKS = True
 
     @classmethod
-    def validate_extra(cls, *, bits: int, group_size: int, in_features: int, out_features: int,
-                       device: torch.device, dtype: torch.dtype) -> str | None:
+    def validate_extra(cls, spec: LayerSpec) -> str | None:
         if triton_gptq is None:
             return "a machine without triton installed"
-        if device.type == "cpu" and not triton_gptq.interpreting():
+        if spec.device.type == "cpu" and not triton_gptq.interpreting():
             return "device cpu (Triton runs on CPU only in its interpreter, TRITON_INTERPRET=1)"
-        if device.type == "cuda" and dtype == torch.float32:
+        if spec.device.type == "cuda" and spec.dtype == torch.float32:
             return "dtype torch.float32 on cuda (supports torch.float16, torch.bfloat16)"
-        g = in_features if group_size == -1 else group_size
+        g = spec.effective_group_size
         # a K tile (>= 16 rows) must lie inside one group
-        if g < in_features and (g < 16 or g & (g - 1)):
+        if g < spec.in_features and (g < 16 or g & (g - 1)):
             return f"group size {g} (supports -1 or a power of two >= 16)"
-        if out_features % (32 // bits):
-            return f"out_features {out_features} not packable in {bits}-bit zeros"
+        if spec.out_features % (32 // spec.bits):
+            return f"out_features {spec.out_features} not packable in {spec.bits}-bit zeros"
         return None
 
-    def post_init(self) -> None:
+    def repack(self) -> None:
         qweight, zeros, perm = triton_gptq.prepare(self.qweight, self.qzeros, self.g_idx, self.bits,
                                                    self.group_size, self.zero_offset)
         self.qweight = qweight
