@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend import api_schemas as schemas
+from api import schemas
+from api.schemas import APIError, ClientGone, error_body, error_response
+from api.streaming import GenerationRun, event_stream
 from backend import prompts
-from backend.api_schemas import APIError, ClientGone, error_body, error_response
-from backend.api_stream import GenerationRun, event_stream
 from backend.engine import Engine, LoadedModel, NoModelLoaded
 from backend.generate import Chunk, GenerationError, GenerationParams
 from backend.loader import ModelLoadError
