@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 
 from api import schemas
@@ -12,10 +13,6 @@ from api.streaming import GenerationRun, event_stream
 from backend.generate import Chunk
 
 router = APIRouter()
-
-
-def _count(tokenizer, text: str) -> int:
-    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
 def _extra_context(chunks: list[schemas.ExtraChunk], tokenizer) -> str:
@@ -40,12 +37,11 @@ async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep)
     seed = None if body.seed is None else (-1 if body.seed < 0 or body.seed >= 0xFFFFFFFF else body.seed)
     n_predict = body.n_predict if body.n_predict is None or body.n_predict >= 0 else None
     params = svc.params(loaded, body, n_predict, "n_predict", repetition_penalty=body.repeat_penalty, seed=seed)
-    context = svc.context(loaded, params)
-    if body.n_predict is not None and body.n_predict < 0:
-        room = context - _count(tok, prefix) - _count(tok, body.input_suffix) - 3
-        if room >= 1:
-            params = dataclasses.replace(params, max_new_tokens=room)
     order = svc.saved(loaded).get("fim_order", "psm")
+    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prefix, params, body.input_suffix, order)
+    context = prompt.context
+    if body.n_predict is not None and body.n_predict < 0 and prompt.room >= 1:
+        params = dataclasses.replace(params, max_new_tokens=prompt.room)
     run = GenerationRun(request, lambda cancel: svc.engine.infill(prefix, body.input_suffix, params, order, cancel))
     name = loaded.name
     first = await run.first()

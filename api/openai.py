@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 
 from api import schemas
@@ -11,14 +12,10 @@ from api.errors import APIError
 from api.service import ServiceDep
 from api.streaming import GenerationRun, event_stream
 from backend import prompts
-from backend.engine import Engine
+from backend.engine import Engine, PromptIds
 from backend.generate import Chunk, GenerationParams
 
 router = APIRouter()
-
-
-def _count(tokenizer, text: str) -> int:
-    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
 def _prompt_text(prompt: Any, tokenizer) -> str:
@@ -32,11 +29,12 @@ def _prompt_text(prompt: Any, tokenizer) -> str:
     raise APIError(400, "only one prompt per request is supported; send several requests instead.", "prompt")
 
 
-def _check_fit(context: int, params: GenerationParams, prompt_tokens: int, param: str) -> None:
+def _check_fit(prompt: PromptIds, params: GenerationParams, param: str) -> None:
     """OpenAI's rule: a prompt that cannot fit with max_tokens is a 400, not silently shortened."""
-    if prompt_tokens + params.max_new_tokens > context:
-        raise APIError(400, f"this model's context is {context} tokens, but {prompt_tokens + params.max_new_tokens}"
-                            f" were requested: {prompt_tokens} in the prompt and {params.max_new_tokens} for the "
+    if params.max_new_tokens > prompt.room:
+        n_prompt = len(prompt.ids)
+        raise APIError(400, f"this model's context is {prompt.context} tokens, but {n_prompt + params.max_new_tokens}"
+                            f" were requested: {n_prompt} in the prompt and {params.max_new_tokens} for the "
                             f"completion (max_tokens); shorten the prompt or lower max_tokens.",
                        param, "context_length_exceeded")
 
@@ -75,17 +73,15 @@ async def completions(body: schemas.CompletionRequest, request: Request, svc: Se
                             "time; send several requests instead.", "n")
     if body.logprobs:
         raise APIError(400, "logprobs are not supported by this server; leave logprobs out.", "logprobs")
-    tok = loaded.tokenizer
-    prompt = _prompt_text(body.prompt, tok)
+    prompt = _prompt_text(body.prompt, loaded.tokenizer)
     params = svc.params(loaded, body, body.max_tokens)
-    context = svc.context(loaded, params)
     suffix = body.suffix
+    order = body.fim_order or svc.saved(loaded).get("fim_order", "psm")
+    prompt_ids = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prompt, params, suffix, order)
+    _check_fit(prompt_ids, params, "prompt")
     if suffix is None:
-        _check_fit(context, params, _count(tok, prompt), "prompt")
         start = functools.partial(svc.engine.complete, prompt, params)
     else:
-        _check_fit(context, params, _count(tok, prompt) + _count(tok, suffix) + 3, "prompt")
-        order = body.fim_order or svc.saved(loaded).get("fim_order", "psm")
         start = functools.partial(svc.engine.infill, prompt, suffix, params, order)
     run = GenerationRun(request, lambda cancel: start(cancel=cancel))
     rid, name, echo = schemas.new_id("cmpl"), loaded.name, prompt if body.echo else ""
@@ -112,8 +108,8 @@ async def chat_completions(body: schemas.ChatRequest, request: Request, svc: Ser
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
     preamble = svc.saved(loaded).get("assistant_preamble")
-    _check_fit(svc.context(loaded, params), params,
-               _count(loaded.tokenizer, prompts.render_dialogue(messages, preamble)), "messages")
+    dialogue = prompts.render_dialogue(messages, preamble)
+    _check_fit(await anyio.to_thread.run_sync(svc.engine.prompt_ids, dialogue, params), params, "messages")
     run = GenerationRun(request, lambda cancel: svc.engine.chat(messages, params, preamble, cancel))
     rid, name = schemas.new_id("chatcmpl"), loaded.name
     first = await run.first()

@@ -56,10 +56,6 @@ class Service:
         values.update({k: v for k, v in requested.items() if v is not None})
         return GenerationParams.from_dict(values)
 
-    @staticmethod
-    def context(loaded: LoadedModel, params: GenerationParams) -> int:
-        return min(params.context_length or loaded.info.n_positions, loaded.info.n_positions)
-
 
 def get_service(request: Request) -> Service:
     # the app that handles the request, also when it is mounted inside the web UI's app
