@@ -1,4 +1,4 @@
-"""The HTTP front door: `create_api` mounts one router per protocol family behind the auth gate and the error handlers."""
+"""The HTTP front door: `create_api` mounts one router per protocol behind the auth gate and the error handlers."""
 from __future__ import annotations
 
 from fastapi import FastAPI

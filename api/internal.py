@@ -1,4 +1,4 @@
-"""The internal model-control routes (text-generation-webui's /v1/internal/...): token count, model info, load, unload."""
+"""The model-control routes (text-generation-webui's /v1/internal/...): token count, model info, load, unload."""
 from __future__ import annotations
 
 import functools
