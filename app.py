@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     api_app = None
     if args.api or args.nowebui:
-        from backend.api import api_warning, create_api
+        from api import api_warning, create_api
         api_app = create_api(engine, settings, api_key=args.api_key)
         warning = api_warning(host_of(args) not in ("127.0.0.1", "localhost", "::1") or args.share, args.api_key)
         if warning:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -77,6 +78,18 @@ class LoadedModel:
     kernels: dict[str, str]
     load_seconds: float
     memory_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptIds:
+    """A request's whole prompt as the model reads it (nothing trimmed) and the context it shares with the answer."""
+    ids: list[int]
+    context: int
+
+    @property
+    def room(self) -> int:
+        """Tokens left for the answer once the whole prompt is in."""
+        return self.context - len(self.ids)
 
 
 def default_device() -> str:
@@ -173,6 +186,22 @@ class Engine:
 
     def count_tokens(self, text: str) -> int:
         return len(self._require().tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, prompt: str, params: GenerationParams, suffix: str | None = None,
+                   order: str = "psm") -> PromptIds:
+        """The ids of `prompt` (with `suffix`: the FIM prompt, special tokens included) and the context they fit in.
+
+        Front doors use it to refuse or size a request before it queues for the lock; generation trims by the
+        same rules. Call it off the event loop: it tokenizes.
+        """
+        loaded = self._require()
+        n_positions = loaded.info.n_positions
+        context = min(params.context_length or n_positions, n_positions)
+        if suffix is None:
+            return PromptIds(loaded.tokenizer.encode(prompt, add_special_tokens=False), context)
+        # an unbounded context trims nothing: whether the whole prompt fits is the caller's question
+        ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
+        return PromptIds(ids, context)
 
     def _run(self, make_ids, params: GenerationParams, cancel: threading.Event | None) -> Iterator[Chunk]:
         cancel = cancel or threading.Event()

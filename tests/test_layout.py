@@ -1,4 +1,5 @@
-"""The layering rule: ui → backend → kernels, backend without gradio, kernels with only torch and triton."""
+"""The layering rule: app → ui | api → backend → kernels; api and backend without gradio, kernels with only torch
+and triton."""
 import ast
 import subprocess
 import sys
@@ -6,6 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
+# which of our top-level packages each one may import (itself included); app.py sits above them all
+MAY_IMPORT = {"ui": {"ui", "backend"}, "api": {"api", "backend"}, "backend": {"backend", "kernels"},
+              "kernels": {"kernels"}, "quantizer": {"quantizer", "backend", "kernels"}}
+OURS = set(MAY_IMPORT) | {"app"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -74,5 +79,26 @@ def test_qlinear_and_quantizer_import_without_gradio():
                      for d in ("backend/qlinear", "quantizer") for p in (ROOT / d).glob("*.py")
                      if p.stem != "__main__")
     code = "import sys; sys.modules['gradio'] = None\n" + "".join(f"import {m}\n" for m in modules)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_imports_point_down():
+    for package, allowed in MAY_IMPORT.items():
+        for path in (ROOT / package).rglob("*.py"):
+            bad = imported_roots(path) & OURS - allowed
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}; {package}/ may import {sorted(allowed)}"
+
+
+def test_api_never_imports_gradio_or_ui():
+    for path in (ROOT / "api").rglob("*.py"):
+        bad = imported_roots(path) & {"gradio", "ui", "app"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_api_imports_without_gradio_or_ui():
+    modules = sorted(f"api.{p.stem}" for p in (ROOT / "api").glob("*.py") if p.stem != "__init__")
+    code = ("import sys; sys.modules['gradio'] = None; sys.modules['ui'] = None\n"
+            + "".join(f"import {m}\n" for m in ["api", *modules]))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

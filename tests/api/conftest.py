@@ -15,7 +15,7 @@ import uvicorn
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from backend.api import create_api
+from api import create_api
 from backend.engine import Engine
 from backend.generate import Chunk
 from backend.settings import Settings

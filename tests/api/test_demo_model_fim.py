@@ -5,7 +5,7 @@ import httpx
 import openai
 import pytest
 
-from backend.api import create_api
+from api import create_api
 from backend.engine import Engine
 from backend.generate import GenerationParams
 from backend.settings import DEFAULTS, GENERATION_KEYS, Settings

@@ -10,7 +10,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from backend.api import api_warning, create_api
+from api import api_warning, create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
 from tests.api.conftest import API_KEY, make_client, serve

@@ -168,3 +168,10 @@ def test_malformed_requests_are_400_in_openai_shape(base_url):
         assert unknown.status_code == 404 and "message" in unknown.json()["error"]
         # still serving after all of that
         assert http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).status_code == 200
+
+
+def test_every_generation_setting_is_a_request_field():
+    """The API's sampler fields come from the settings table: a new setting needs no schema edit."""
+    from api.schemas import OPENAI_OWN, CompletionRequest
+    from backend.settings import GENERATION_KEYS
+    assert set(CompletionRequest.model_fields) >= set(GENERATION_KEYS) - set(OPENAI_OWN)

@@ -68,3 +68,41 @@ def test_corrupt_settings_yaml_falls_back_to_builtin_defaults(tmp_path):
     settings = Settings.load(tmp_path / "settings.yaml", tmp_path / "models")
     assert settings.for_model("x")["temperature"] == DEFAULTS["temperature"]
     assert "not valid YAML" in settings.take_warnings()[0]
+
+
+# ---------------------------------------------------------------- the one table
+
+def test_settings_yaml_is_the_table_written_out():
+    """settings.yaml is generated from the table (python -m backend.settings > settings.yaml)."""
+    from pathlib import Path
+
+    from backend.settings import defaults_yaml
+    shipped = Path(__file__).resolve().parents[2] / "settings.yaml"
+    assert shipped.read_text(encoding="utf-8") == defaults_yaml()
+    assert yaml.safe_load(defaults_yaml()) == DEFAULTS
+
+
+def test_a_bad_saved_value_is_reported_and_the_default_used(tmp_path):
+    settings = make(tmp_path)
+    settings.user_file.parent.mkdir(parents=True)
+    settings.user_file.write_text(yaml.safe_dump({"a": {"temperature": "hot", "top_k": 7}}))
+    merged = settings.for_model("a")
+    assert merged["temperature"] == DEFAULTS["temperature"] and merged["top_k"] == 7
+    assert "temperature must be a number" in settings.take_warnings()[0]
+
+
+def test_saving_checks_values_first(tmp_path):
+    settings = make(tmp_path)
+    with pytest.raises(SettingsError, match="top_p must be in"):
+        settings.save_for_model("a", {"top_p": 3})
+    assert not settings.user_file.exists()
+
+
+def test_the_model_folder_suggests_its_own_defaults_below_what_was_saved(tmp_path):
+    settings = make(tmp_path, {"temperature": 0.5})
+    folder = {"temperature": 0.1, "repetition_penalty": 1.2}
+    assert settings.for_model("a", folder)["repetition_penalty"] == 1.2
+    settings.save_for_model("a", {"temperature": 0.9})
+    merged = settings.for_model("a", folder)
+    assert merged["temperature"] == 0.9 and merged["repetition_penalty"] == 1.2
+    assert settings.for_model("b")["temperature"] == 0.5

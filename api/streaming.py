@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from backend.api_schemas import APIError, ClientGone, describe_error
+from api.errors import APIError, ClientGone, describe_error
 from backend.generate import Chunk
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

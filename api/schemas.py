@@ -1,20 +1,15 @@
-"""Request bodies, response shapes and errors of the HTTP API: OpenAI's completions and chat, llama.cpp's /infill."""
+"""Request bodies and response shapes of the HTTP API: OpenAI's completions and chat, llama.cpp's /infill."""
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 import uuid
 from typing import Any, Literal
 
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from backend.engine import NoModelLoaded
-from backend.generate import Chunk, GenerationError, GenerationParams
-
-log = logging.getLogger(__name__)
-GENERATION_FIELDS = {f.name for f in dataclasses.fields(GenerationParams)}
+from backend.generate import Chunk, GenerationParams
+from backend.settings import GENERATION_KEYS
+from backend.settings.table import python_type
 
 
 class _Body(BaseModel):
@@ -22,13 +17,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class _Samplers(_Body):
-    """Sampler fields beyond OpenAI's, as text-generation-webui accepts them (the openai client: extra_body)."""
-    top_k: int | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
+# generation settings that OpenAI's own fields carry (max_new_tokens is its max_tokens)
+OPENAI_OWN = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+# every other generation setting of the settings table is a field of its own, as text-generation-webui accepts
+# them (the openai client sends them through extra_body); a new setting appears here by itself
+_Samplers = create_model("_Samplers", __base__=_Body, **{
+    key: (python_type(GenerationParams, key) | None, None) for key in GENERATION_KEYS if key not in OPENAI_OWN})
 
 
 class StreamOptions(_Body):
@@ -106,46 +100,6 @@ class LoadRequest(_Body):
     kernel: str | None = None
     device: str | None = None
     dtype: str | None = None
-
-
-# ---------------------------------------------------------------- errors
-
-class APIError(Exception):
-    """An error meant for the client, answered in OpenAI's JSON shape."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-
-class ClientGone(Exception):
-    """The client disconnected; its generation is cancelled and nobody reads the answer."""
-
-
-def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) for any exception; only unexpected ones are 500."""
-    if isinstance(exc, APIError):
-        return exc.status, error_body(exc.message, exc.kind, exc.param, exc.code), {}
-    if isinstance(exc, GenerationError):
-        # its messages begin with the parameter's name ("temperature must be ≥ 0")
-        first = str(exc).split(" ", 1)[0]
-        param = first if first in GENERATION_FIELDS and first != "max_new_tokens" else None
-        return 400, error_body(str(exc), "invalid_request_error", param), {}
-    if isinstance(exc, NoModelLoaded):
-        # the openai client retries 503s by default; retrying cannot help until someone loads a model
-        return 503, error_body(str(exc), "server_error", code="model_not_loaded"), {"x-should-retry": "false"}
-    log.error("API request failed", exc_info=exc)
-    return 500, error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error"), {}
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    status, body, headers = describe_error(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- OpenAI responses

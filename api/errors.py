@@ -1,0 +1,94 @@
+"""The API's one error shape (OpenAI's) and the handlers that turn every exception into it."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.engine import NoModelLoaded
+from backend.errors import UserError
+from backend.generate import GenerationError, GenerationParams
+from backend.loader import ModelLoadError
+
+log = logging.getLogger(__name__)
+GENERATION_FIELDS = {f.name for f in dataclasses.fields(GenerationParams)}
+
+
+class APIError(Exception):
+    """An error meant for the client, answered in OpenAI's JSON shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+class ClientGone(Exception):
+    """The client disconnected; its generation is cancelled and nobody reads the answer."""
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception: the API's and the backend's user errors are the client's to
+    fix (4xx, or 503 while no model is loaded); anything else is a bug, logged and answered with a 500."""
+    if isinstance(exc, APIError):
+        return exc.status, error_body(exc.message, exc.kind, exc.param, exc.code), {}
+    if isinstance(exc, NoModelLoaded):
+        # the openai client retries 503s by default; retrying cannot help until someone loads a model
+        return 503, error_body(str(exc), "server_error", code="model_not_loaded"), {"x-should-retry": "false"}
+    if isinstance(exc, GenerationError):
+        # its messages begin with the parameter's name ("temperature must be ≥ 0")
+        first = str(exc).split(" ", 1)[0]
+        param = first if first in GENERATION_FIELDS and first != "max_new_tokens" else None
+        return 400, error_body(str(exc), "invalid_request_error", param), {}
+    if isinstance(exc, ModelLoadError):
+        return 400, error_body(str(exc), "invalid_request_error", "model_name", "model_load_failed"), {}
+    if isinstance(exc, UserError):
+        return 400, error_body(str(exc), "invalid_request_error"), {}
+    log.error("API request failed", exc_info=exc)
+    return 500, error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error"), {}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status, body, headers = describe_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientGone):
+        return Response(status_code=499)
+    return error_response(exc)
+
+
+async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0] if exc.errors() else {}
+    if err.get("type") == "json_invalid":
+        return JSONResponse(error_body(f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
+                                       "invalid_request_error"), status_code=400)
+    if tuple(err.get("loc", ())) == ("body",):
+        return JSONResponse(error_body("the body must be a JSON object.", "invalid_request_error"), status_code=400)
+    param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
+    message = f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request")
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """The one place where errors become responses: routes raise, never build error bodies themselves."""
+    # Starlette picks a handler by walking the exception's classes, so UserError covers every backend error
+    for exc_type in (APIError, UserError, ClientGone, Exception):
+        app.add_exception_handler(exc_type, _on_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
