@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=-1)
     parser.add_argument("--act-order", action="store_true")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default bench/out/kernels_<device>_b<bits>_g<group>[_act].json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -154,8 +156,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['layer']:12} {r['K']:>5}x{r['N']:<6} {r['M']:>4} {r['kernel']:18} {r['ms']:9.3f} "
               f"{r['weight_GBps']:7.1f} {100 * r['bandwidth_fraction']:5.0f}% {r['speedup_vs_first_dense']:7.2f}x")
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"kernels_{device.type}.json"
+    # named by the configuration, so the group -1 and group 128 runs keep both results
+    act = "_act" if args.act_order else ""
+    path = args.json or OUT / f"kernels_{device.type}_b{args.bits}_g{args.group_size}{act}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"versions": versions(), "copy_GBps": bandwidth, "bits": args.bits,
                                 "group_size": args.group_size, "act_order": args.act_order,
                                 "rows": rows}, indent=1))

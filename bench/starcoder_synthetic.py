@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--no-act-order", action="store_true")
     parser.add_argument("--decode-tokens", type=int, default=None)
     parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default bench/out/starcoder_synthetic_<gpu|cpu_small>.json)")
     args = parser.parse_args()
     small = args.cpu_small
     device = torch.device("cpu" if small else "cuda")
@@ -185,8 +187,8 @@ def main() -> None:
         r["prefill_time_vs_dense"] = r["prefill_ms"] / dense["prefill_ms"]
         print(f"{r['run']:24} decode {r['decode_vs_dense']:.2f}x dense, prefill time "
               f"{r['prefill_time_vs_dense']:.2f}x dense")
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"starcoder_synthetic_{'cpu_small' if small else 'gpu'}.json"
+    path = args.json or OUT / f"starcoder_synthetic_{'cpu_small' if small else 'gpu'}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"versions": versions(), "copy_GBps": bandwidth, "config": config.to_dict(),
                                 "bits": args.bits, "group_size": args.group_size, "act_order": act_order,
                                 "results": results}, indent=1, default=str))

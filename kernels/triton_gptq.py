@@ -240,17 +240,40 @@ def _choose(M: int, K: int, N: int, bits: int, group_size: int, x: torch.Tensor,
     if len(candidates) == 1 or x.device.type != "cuda":
         cfg = candidates[0]
     else:
-        timings = {}
-        for c in candidates:
-            try:
-                timings[c] = triton.testing.do_bench(lambda: run(c), warmup=5, rep=20)
-            except Exception:  # a tile that does not compile or fit in shared memory is skipped
-                continue
-        if not timings:
-            raise RuntimeError(f"no Triton config ran for M={M}, K={K}, N={N}, bits={bits}")
-        cfg = min(timings, key=timings.get)
+        cfg = fastest(candidates, run, f"M={M}, K={K}, N={N}, bits={bits}, group_size={group_size}")
     _CHOSEN[key] = cfg
     return cfg
+
+
+def _misfit_errors() -> tuple[type[BaseException], ...]:
+    # the errors that mean "this tile does not compile or fit this GPU" (shared memory, registers);
+    # anything else (a CUDA fault, a wrong result shape, a bug) must surface, not be skipped
+    from triton.compiler import errors as compiler_errors
+    from triton.runtime import errors as runtime_errors
+    found = [getattr(compiler_errors, "CompilationError", None),
+             getattr(runtime_errors, "OutOfResources", None), getattr(runtime_errors, "PTXASError", None)]
+    return tuple(e for e in found if e is not None)
+
+
+def _cuda_time(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=5, rep=20)
+
+
+def fastest(candidates: list[Config], run: Callable[[Config], torch.Tensor], what: str,
+            timer: Callable[[Callable[[], object]], float] = _cuda_time) -> Config:
+    """The fastest candidate by `timer`; tiles that do not fit are skipped, any other error is raised."""
+    misfit = _misfit_errors()
+    timings: dict[Config, float] = {}
+    first_misfit: BaseException | None = None
+    for c in candidates:
+        try:
+            timings[c] = timer(lambda: run(c))
+        except misfit as exc:
+            first_misfit = first_misfit or exc
+    if not timings:
+        reason = f"; the first failed with {type(first_misfit).__name__}: {first_misfit}" if first_misfit else ""
+        raise RuntimeError(f"none of the {len(candidates)} Triton tiles fit for {what}{reason}")
+    return min(timings, key=timings.get)
 
 
 def tuned_configs() -> dict[tuple, Config]:

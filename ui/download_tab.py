@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -43,21 +42,8 @@ def progress_html(p: hub.DownloadProgress | None, files: dict[str, tuple[int, in
     return f'<div class="dl-progress">{overall}{bars}<div class="dl-stats">{stats}</div></div>'
 
 
-def _checksums(folder: Path) -> dict[str, str]:
-    """sha256 per file, as the downloader recorded them after verifying."""
-    meta = folder / hub.METADATA_FILE
-    if not meta.is_file():
-        return {}
-    sums = {}
-    for line in meta.read_text(encoding="utf-8").splitlines():
-        parts = line.split()
-        if len(parts) == 2 and len(parts[0]) == 64:
-            sums[parts[1]] = parts[0]
-    return sums
-
-
 def result_markdown(result: hub.DownloadResult) -> str:
-    sums = _checksums(result.path)
+    sums = result.sha256
     head = ("Already up to date" if result.up_to_date else "Downloaded") + \
            f" into `{result.path.parent.name}/{result.path.name}` (commit `{result.commit[:10]}`); checksums verified."
     rows = [f"| {name} | `{sums.get(name, '')[:16]}…` |" for name in result.files]

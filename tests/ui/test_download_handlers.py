@@ -1,6 +1,8 @@
 """Download handlers against the local Hub: file list, progress, result, and the model list update."""
 from __future__ import annotations
 
+import hashlib
+
 from backend.engine import Engine
 from tests.ui.conftest import HUB_REPO
 from ui.download_tab import DownloadHandlers, progress_html
@@ -24,7 +26,8 @@ def test_download_reports_progress_then_the_result_and_refreshes_the_models(hub_
     assert "model.safetensors ·" in html and "config.json ·" in html   # a bar per file
     assert "checksums verified" in result and "model.safetensors" in result
     assert "TheBloke_starcoder-GPTQ" in dropdown["choices"]
-    assert (tmp_path / "TheBloke_starcoder-GPTQ" / "model.safetensors").is_file()
+    weights = tmp_path / "TheBloke_starcoder-GPTQ" / "model.safetensors"
+    assert f"| model.safetensors | `{hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}…` |" in result
     # a second run finds it up to date
     assert "up to date" in list(handlers.download(HUB_REPO, "", "x"))[-1][2]
 

@@ -1,19 +1,17 @@
-"""Hub download types: the errors (each message gives the fix), repo references, listings, progress."""
+"""Hub download errors (each message gives the fix) and the translation of huggingface_hub's errors into them."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx2
 from huggingface_hub.errors import (
     GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
     RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
 )
 
 from backend.errors import UserError
+from backend.hub.compat import TRANSPORT_ERRORS
+from backend.hub.types import RepoRef
 
 
 class DownloadError(UserError):
@@ -36,63 +34,6 @@ class ChecksumError(DownloadError):
         super().__init__(f"Checksum mismatch for {filename}: expected {expected}, got {actual}. "
                          "The corrupt file was deleted; run the download again.")
         self.filename = filename
-
-
-@dataclass(frozen=True)
-class RepoRef:
-    repo_id: str
-    branch: str = "main"
-
-    @property
-    def folder_name(self) -> str:
-        name = self.repo_id.replace("/", "_")
-        return name if self.branch == "main" else f"{name}_{self.branch}"
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    blob_id: str
-    sha256: str | None  # set for LFS files: the Hub's own content hash
-
-
-@dataclass(frozen=True)
-class RepoListing:
-    ref: RepoRef
-    commit: str
-    files: tuple[RemoteFile, ...]    # what a download fetches
-    skipped: tuple[RemoteFile, ...]  # present on the Hub, left out by the selection rules
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-@dataclass(frozen=True)
-class DownloadProgress:
-    filename: str      # the file this update is about ("" before the first byte)
-    file_done: int
-    file_total: int
-    done: int          # bytes over all files, including ones resumed from an earlier run
-    total: int
-    files_done: int
-    files_total: int
-    speed: float       # bytes/s over the last few seconds
-    eta: float | None  # seconds; None until a speed is known
-    finished: bool = False
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    path: Path
-    ref: RepoRef
-    commit: str
-    files: tuple[str, ...]
-    up_to_date: bool = False  # nothing fetched: the folder already held this commit
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 def translate_error(exc: BaseException, ref: RepoRef, endpoint: str, filename: str | None = None) -> DownloadError:
@@ -121,7 +62,7 @@ def translate_error(exc: BaseException, ref: RepoRef, endpoint: str, filename: s
         return DiskFullError(f"Disk full while writing{what}. Free some space and run again to resume.")
     first_line = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
     cut_short = isinstance(exc, OSError) and "Consistency check failed" in str(exc)
-    if (cut_short or isinstance(exc, (httpx2.TransportError, LocalEntryNotFoundError))
+    if (cut_short or isinstance(exc, (*TRANSPORT_ERRORS, LocalEntryNotFoundError))
             or status is not None and (status >= 500 or status in (408, 429))):
         return NetworkError(f"Could not download from {endpoint}{what}: {first_line} Check your connection, "
                             "proxy and HF_ENDPOINT; run again to resume.")
