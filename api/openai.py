@@ -11,7 +11,6 @@ from api import schemas
 from api.errors import APIError
 from api.service import ServiceDep
 from api.streaming import GenerationRun, event_stream
-from backend import prompts
 from backend.engine import Engine, PromptIds
 from backend.generate import Chunk, GenerationParams
 
@@ -29,14 +28,13 @@ def _prompt_text(prompt: Any, tokenizer) -> str:
     raise APIError(400, "only one prompt per request is supported; send several requests instead.", "prompt")
 
 
-def _check_fit(prompt: PromptIds, params: GenerationParams, param: str) -> None:
-    """OpenAI's rule: a prompt that cannot fit with max_tokens is a 400, not silently shortened."""
-    if params.max_new_tokens > prompt.room:
-        n_prompt = len(prompt.ids)
-        raise APIError(400, f"this model's context is {prompt.context} tokens, but {n_prompt + params.max_new_tokens}"
-                            f" were requested: {n_prompt} in the prompt and {params.max_new_tokens} for the "
-                            f"completion (max_tokens); shorten the prompt or lower max_tokens.",
-                       param, "context_length_exceeded")
+def _fit(prompt: PromptIds, params: GenerationParams, param: str) -> GenerationParams:
+    """max_tokens larger than what fits is capped to it (finish_reason "length"); a prompt that leaves no room
+    for even one token is a 400, not silently shortened."""
+    if prompt.room < 1:
+        raise APIError(400, f"this model's context is {prompt.context} tokens, but the prompt alone is "
+                            f"{len(prompt.ids)}; shorten the prompt.", param, "context_length_exceeded")
+    return prompt.cap(params)
 
 
 def _model_card(engine: Engine, name: str) -> dict[str, Any]:
@@ -78,7 +76,7 @@ async def completions(body: schemas.CompletionRequest, request: Request, svc: Se
     suffix = body.suffix
     order = body.fim_order or svc.saved(loaded).get("fim_order", "psm")
     prompt_ids = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prompt, params, suffix, order)
-    _check_fit(prompt_ids, params, "prompt")
+    params = _fit(prompt_ids, params, "prompt")
     if suffix is None:
         start = functools.partial(svc.engine.complete, prompt, params)
     else:
@@ -108,9 +106,9 @@ async def chat_completions(body: schemas.ChatRequest, request: Request, svc: Ser
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
     preamble = svc.saved(loaded).get("assistant_preamble") or None   # empty: the built-in preamble
-    dialogue = prompts.render_dialogue(messages, preamble)
-    _check_fit(await anyio.to_thread.run_sync(svc.engine.prompt_ids, dialogue, params), params, "messages")
-    run = GenerationRun(request, lambda cancel: svc.engine.chat(messages, params, preamble, cancel))
+    dialogue, prompt_ids, params = await anyio.to_thread.run_sync(svc.engine.chat_prompt, messages, params, preamble)
+    params = _fit(prompt_ids, params, "messages")
+    run = GenerationRun(request, lambda cancel: svc.engine.complete(dialogue, params, cancel))
     rid, name = schemas.new_id("chatcmpl"), loaded.name
     first = await run.first()
     if not body.stream:

@@ -91,6 +91,14 @@ class PromptIds:
         """Tokens left for the answer once the whole prompt is in."""
         return self.context - len(self.ids)
 
+    def cap(self, params: GenerationParams) -> GenerationParams:
+        """`params` with max_new_tokens lowered to the room the prompt leaves (the answer then ends with
+        "length"), as llama.cpp and text-generation-webui do; a prompt that leaves no room keeps them unchanged,
+        for the front door's own rule (refuse, or the engine trims the prompt)."""
+        if 1 <= self.room < params.max_new_tokens:
+            return dataclasses.replace(params, max_new_tokens=self.room)
+        return params
+
 
 def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -203,6 +211,26 @@ class Engine:
         ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
         return PromptIds(ids, context)
 
+    def chat_prompt(self, messages: list[dict], params: GenerationParams,
+                    preamble: str | None = None) -> tuple[str, PromptIds, GenerationParams]:
+        """The dialogue prompt that fits, its ids, and params capped to the room left, with the dialogue's stops.
+
+        A small context cannot hold the whole preamble (the built-in one is ~550 tokens with the demo model's
+        tokenizer): the preamble gives up its few-shot turns, then the dialogue its oldest turns, until the
+        prompt leaves room for the answer (max_new_tokens, but never more than a quarter of the context). What
+        is left when even the last turn alone does not fit is the caller's to refuse (room < 1).
+        Call it off the event loop: it tokenizes.
+        """
+        loaded = self._require()
+        context = min(params.context_length or loaded.info.n_positions, loaded.info.n_positions)
+        wanted = max(1, min(params.max_new_tokens, context // 4))
+        for text in prompts.dialogue_forms(messages, preamble):
+            prompt = self.prompt_ids(text, params)
+            if prompt.room >= wanted:
+                break
+        params = dataclasses.replace(prompt.cap(params), stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
+        return text, prompt, params
+
     def _run(self, make_ids, params: GenerationParams, cancel: threading.Event | None) -> Iterator[Chunk]:
         cancel = cancel or threading.Event()
         with self._cancels_lock:
@@ -236,7 +264,6 @@ class Engine:
 
     def chat(self, messages: list[dict], params: GenerationParams, preamble: str | None = None,
              cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        """Stream the assistant's next turn, through the tech-assistant dialogue prompt."""
-        prompt = prompts.render_dialogue(messages, preamble)
-        params = dataclasses.replace(params, stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
+        """Stream the assistant's next turn, through the tech-assistant dialogue prompt fitted to the context."""
+        prompt, _, params = self.chat_prompt(messages, params, preamble)
         return self.complete(prompt, params, cancel)

@@ -1,5 +1,8 @@
-"""Prompt formats for a base code model: the tech-assistant dialogue preamble and its rendering."""
+"""Prompt formats for a base code model: the tech-assistant dialogue preamble, its rendering and its shorter forms."""
 from __future__ import annotations
+
+import re
+from typing import Iterator
 
 DIALOGUE_STOPS = ("\nHuman:", "\n-----")
 
@@ -59,3 +62,30 @@ def render_dialogue(messages: list[dict], preamble: str | None = None) -> str:
             parts.append(f"Assistant: {content}\n")
     parts.append("Assistant:")
     return "".join(parts)
+
+
+def preamble_forms(preamble: str | None = None) -> list[str]:
+    """The preamble, then with its few-shot turns given up one by one (the last first), down to its introduction.
+
+    Turns are the blocks between `-----` lines; a preamble without them has one form.
+    """
+    preamble = DEFAULT_PREAMBLE if preamble is None else preamble
+    blocks = re.split(r"(?m)^-----\n", preamble)
+    if len(blocks) < 2:
+        return [preamble]
+    tail = blocks.pop() if not blocks[-1].strip() else ""
+    forms = ["".join(b + "-----\n" for b in blocks[:n]) + (tail if n == len(blocks) else "")
+             for n in range(len(blocks), 0, -1)]
+    return forms
+
+
+def dialogue_forms(messages: list[dict], preamble: str | None = None) -> Iterator[str]:
+    """render_dialogue's prompt, then shorter ones: the preamble's few-shot turns go first, then the oldest
+    dialogue turns; the system message and the last turn always stay."""
+    forms = preamble_forms(preamble)
+    for form in forms:
+        yield render_dialogue(messages, form)
+    turns = [i for i, m in enumerate(messages) if m.get("role") in ("user", "assistant")]
+    for n in range(1, len(turns)):
+        dropped = set(turns[:n])
+        yield render_dialogue([m for i, m in enumerate(messages) if i not in dropped], forms[-1])

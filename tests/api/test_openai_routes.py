@@ -130,17 +130,28 @@ def test_message_names_the_bad_parameter(client):
     assert "empty" in _error(exc_info)["message"]
 
 
+def test_max_tokens_larger_than_what_fits_is_capped(client, engine):
+    # Continue sends max_tokens 4096 whatever the model: the answer gets what is left, and says "length"
+    prompt = "x = 1\n" * 340
+    room = 2048 - engine.count_tokens(prompt)
+    assert 0 < room < 40
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=4096)
+    assert out.usage.completion_tokens == room and out.choices[0].finish_reason == "length"
+    fim = client.completions.create(model="tiny", prompt=prompt, suffix="\n", max_tokens=4096)
+    assert fim.usage.completion_tokens == room - 4 and fim.choices[0].finish_reason == "length"
+
+
 def test_prompt_that_cannot_fit_is_400_with_both_numbers(client, engine):
+    prompt = "x = 1\n" * 400
+    n_prompt = engine.count_tokens(prompt)
+    assert n_prompt >= 2048
     with pytest.raises(openai.BadRequestError) as exc_info:
-        client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2047)
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=4)
     body = _error(exc_info)
-    n_prompt = engine.count_tokens(PROMPT)
-    assert body["code"] == "context_length_exceeded"
-    assert str(n_prompt) in body["message"] and "2047" in body["message"] and "2048" in body["message"]
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="tiny", prompt=PROMPT, suffix="x = 1\n" * 400, max_tokens=1024)
+    assert body["code"] == "context_length_exceeded" and body["param"] == "prompt"
+    assert str(n_prompt) in body["message"] and "2048" in body["message"]
     with pytest.raises(openai.BadRequestError) as exc_info:
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1000)
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=4)
     assert _error(exc_info)["param"] == "messages"
 
 
