@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.engine import NoModelLoaded
@@ -68,16 +69,21 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+def describe_invalid(exc: RequestValidationError) -> tuple[int, dict[str, Any]]:
     err = exc.errors()[0] if exc.errors() else {}
     if err.get("type") == "json_invalid":
-        return JSONResponse(error_body(f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
-                                       "invalid_request_error"), status_code=400)
+        return 400, error_body(f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
+                               "invalid_request_error")
     if tuple(err.get("loc", ())) == ("body",):
-        return JSONResponse(error_body("the body must be a JSON object.", "invalid_request_error"), status_code=400)
+        return 400, error_body("the body must be a JSON object.", "invalid_request_error")
     param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
     message = f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request")
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+    return 400, error_body(message, "invalid_request_error", param)
+
+
+async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    status, body = describe_invalid(exc)
+    return JSONResponse(body, status_code=status)
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -92,3 +98,37 @@ def add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, _on_error)
     app.add_exception_handler(RequestValidationError, _on_invalid)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+
+
+# (status, OpenAI's error object) -> (status, the protocol's own error body)
+Reshape = Callable[[int, dict[str, Any]], tuple[int, Any]]
+
+
+def shaped(exc: Exception, reshape: Reshape) -> tuple[int, Any, dict[str, str]]:
+    """(status, body, headers) for `exc` in a protocol's own error shape."""
+    if isinstance(exc, RequestValidationError):
+        status, body = describe_invalid(exc)
+        headers: dict[str, str] = {}
+    else:
+        status, body, headers = describe_error(exc)
+    status, content = reshape(status, body["error"])
+    return status, content, headers
+
+
+def protocol_route(reshape: Reshape) -> type[APIRoute]:
+    """An APIRoute class whose errors, invalid bodies included, answer in a protocol's own shape (TGI's
+    {"error", "error_type"}, Ollama's {"error"}); a router passes it as route_class."""
+    class ShapedRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def shaped_handler(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ClientGone:
+                    return Response(status_code=499)
+                except Exception as exc:
+                    status, content, headers = shaped(exc, reshape)
+                    return JSONResponse(content, status_code=status, headers=headers)
+            return shaped_handler
+    return ShapedRoute

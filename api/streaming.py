@@ -105,31 +105,34 @@ class GenerationRun:
         return chunks
 
 
-def sse(data: dict[str, Any] | str) -> str:
+def sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def event_stream(run: GenerationRun, first: Chunk, render: Callable[[Chunk], list[dict]], prelude: list[dict],
-                  closing: Callable[[Chunk], list[dict]], done: bool = True) -> StreamingResponse:
-    """Server-sent events; a client that goes away closes this generator, and so cancels the generation."""
+                  closing: Callable[[Chunk], list[dict]], done: bool = True,
+                  frame: Callable[[Any], str] = sse, media_type: str = "text/event-stream",
+                  on_error: Callable[[Exception], Any] = lambda exc: describe_error(exc)[1]) -> StreamingResponse:
+    """Server-sent events (or another framing: `frame`, e.g. NDJSON lines); a client that goes away closes this
+    generator, and so cancels the generation. An error after the first chunk is the stream's last item."""
     async def events() -> AsyncIterator[str]:
         run.stop_watching()                             # StreamingResponse listens for the disconnect from here on
         try:
             for item in prelude:
-                yield sse(item)
+                yield frame(item)
             chunk: Chunk | None = first
             last = first
             while chunk is not None:
                 last = chunk
                 for item in render(chunk):
-                    yield sse(item)
+                    yield frame(item)
                 chunk = await run.next()
             for item in closing(last):
-                yield sse(item)
+                yield frame(item)
             if done:
-                yield sse("[DONE]")
+                yield frame("[DONE]")
         except Exception as exc:                        # the status line is already sent: report in the stream
-            yield sse(describe_error(exc)[1])
+            yield frame(on_error(exc))
         finally:
             run.cancel.set()
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(events(), media_type=media_type, headers=SSE_HEADERS)

@@ -27,6 +27,7 @@ class Chunk:
     elapsed_s: float
     truncated_tokens: int = 0                   # prompt tokens dropped to fit the context
     finish_reason: str | None = None            # "eos", "stop", "length", "cancelled"
+    token_id: int | None = None                 # the last token sampled (TGI's stream names it)
 
     @property
     def tokens_per_s(self) -> float:
@@ -194,7 +195,8 @@ def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
     longest_stop = max((len(s) for s in params.stop), default=0)
 
     def chunk(text: str, reason: str | None = None) -> Chunk:
-        return Chunk(text, len(prompt_ids), len(detok.ids), time.perf_counter() - start, truncated_tokens, reason)
+        return Chunk(text, len(prompt_ids), len(detok.ids), time.perf_counter() - start, truncated_tokens, reason,
+                     detok.ids[-1] if detok.ids else None)
 
     while len(detok.ids) < params.max_new_tokens:
         if cancel.is_set():
