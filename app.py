@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     api_app = None
     if args.api or args.nowebui:
         from api import api_warning, create_api
-        api_app = create_api(engine, settings, api_key=args.api_key)
+        api_app = create_api(engine, settings, api_key=args.api_key, webui=not args.nowebui)
         warning = api_warning(host_of(args) not in ("127.0.0.1", "localhost", "::1") or args.share, args.api_key)
         if warning:
             print(warning, file=sys.stderr)

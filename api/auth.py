@@ -7,7 +7,9 @@ from fastapi.responses import JSONResponse
 
 from api.errors import error_body
 
-GUARDED_PATHS = ("/v1/", "/infill")             # what the API key protects; a web UI mounted on "/" stays open
+# what the API key protects: every protocol's routes (OpenAI and TGW /v1/, llama.cpp, TGI, Ollama /api/, Tabby
+# /v1/); a web UI mounted on "/" stays open, but POST / is TGI's, and GET / Ollama's when no web UI is served
+GUARDED_PATHS = ("/v1/", "/infill", "/completion", "/generate", "/info", "/health", "/props", "/models/", "/api/")
 
 
 def api_warning(listen: bool, api_key: str | None) -> str | None:
@@ -27,8 +29,8 @@ class Gate:
     while a JSON body needs a CORS preflight, which this API never grants.
     """
 
-    def __init__(self, app, key: str | None) -> None:
-        self.app, self.key = app, key.encode() if key else None
+    def __init__(self, app, key: str | None, guard_root: bool = False) -> None:
+        self.app, self.key, self.guard_root = app, key.encode() if key else None, guard_root
 
     async def __call__(self, scope, receive, send) -> None:
         # a lifespan scope has no path; failing on it would skip the mounted web UI's start-up (its queue)
@@ -37,7 +39,8 @@ class Gate:
             return
         # mounted under a prefix (the web UI's app mounting this one), the path still carries the prefix
         path = scope["path"].removeprefix(scope.get("root_path", ""))
-        if not path.startswith(GUARDED_PATHS):
+        root = path == "/" and (self.guard_root or scope["method"] not in ("GET", "HEAD"))
+        if not path.startswith(GUARDED_PATHS) and not root:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

@@ -1,18 +1,29 @@
-"""llama.cpp server's routes: /infill, the fill-in-the-middle endpoint editor plugins (llama.vim, llama.vscode) call."""
+"""llama.cpp server's routes: /infill (llama.vim, llama.vscode), /completion (Continue's llama.cpp provider, llm-ls),
+/health and /props."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import anyio
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import schemas
-from api.service import ServiceDep
-from api.streaming import GenerationRun, event_stream
-from backend.generate import Chunk
+from api.errors import protocol_route, shaped
+from api.service import Service, ServiceDep
+from api.streaming import SSE_HEADERS, GenerationRun, event_stream, sse
+from backend.engine import LoadedModel, PromptIds
+from backend.generate import Chunk, GenerationParams
 
-router = APIRouter()
+
+def llama_error(status: int, error: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """llama.cpp's error object carries the status as `code`."""
+    return status, {"error": {**error, "code": status}}
+
+
+router = APIRouter(route_class=protocol_route(llama_error))
 
 
 def _extra_context(chunks: list[schemas.ExtraChunk], tokenizer) -> str:
@@ -26,24 +37,65 @@ def _extra_context(chunks: list[schemas.ExtraChunk], tokenizer) -> str:
     return "".join(parts)
 
 
-@router.post("/infill")
-async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep) -> Any:
-    """llama.cpp server's /infill. Like llama.cpp, a prompt too long for the context loses its far ends
-    (input_extra first, then the prefix's start and the suffix's end) and reports `truncated`."""
-    loaded = svc.resolve(None)
-    tok = loaded.tokenizer
-    # llama.cpp puts `prompt` after <FIM_MID>, i.e. it continues the prefix; the engine takes it there
-    prefix = _extra_context(body.input_extra, tok) + body.input_prefix + body.prompt
+def _indent_cut(text: str, n_indent: int) -> int | None:
+    """Where llama.cpp's n_indent cuts `text`: after the indentation of the first line (not the first of the
+    answer) that has code and less indentation than n_indent; None while every line is indented enough."""
+    start = text.find("\n") + 1
+    while start:
+        line = text[start:].split("\n", 1)[0]
+        body = line.lstrip(" \t")
+        if body and len(line) - len(body) < n_indent:
+            return start + len(line) - len(body)
+        start = text.find("\n", start) + 1
+    return None
+
+
+def _limited(chunks: Iterator[Chunk], n_indent: int, t_max_predict_ms: int) -> Iterator[Chunk]:
+    """llama.cpp's two early stops, which end with stop_type "limit": a line indented less than n_indent (that
+    line is cut), and a newline once t_max_predict_ms of generation have passed."""
+    text, started = "", None
+    try:
+        for chunk in chunks:
+            started = chunk.elapsed_s if started is None else started
+            before = len(text)
+            text += chunk.text
+            cut = _indent_cut(text, n_indent) if n_indent > 0 else None
+            if cut is not None:
+                yield dataclasses.replace(chunk, text=text[before:max(cut, before)], finish_reason="length")
+                return
+            over = (chunk.elapsed_s - started) * 1000 > t_max_predict_ms
+            if t_max_predict_ms > 0 and "\n" in chunk.text and over and chunk.finish_reason is None:
+                yield dataclasses.replace(chunk, finish_reason="length")
+                return
+            yield chunk
+    finally:
+        chunks.close()                          # ends the engine's generation, and frees its lock, now
+
+
+def _params(svc: Service, loaded: LoadedModel, body: schemas._LlamaRequest) -> GenerationParams:
     seed = None if body.seed is None else (-1 if body.seed < 0 or body.seed >= 0xFFFFFFFF else body.seed)
-    n_predict = body.n_predict if body.n_predict is None or body.n_predict >= 0 else None
-    params = svc.params(loaded, body, n_predict, "n_predict", repetition_penalty=body.repeat_penalty, seed=seed)
-    order = svc.saved(loaded).get("fim_order", "psm")
-    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prefix, params, body.input_suffix, order)
-    context = prompt.context
-    if body.n_predict is not None and body.n_predict < 0 and prompt.room >= 1:
+    n_predict = body.n_predict if body.n_predict is not None else body.max_tokens
+    n_predict = n_predict if n_predict is not None and n_predict > 0 else None
+    return svc.params(loaded, body, n_predict, "n_predict", repetition_penalty=body.repeat_penalty, seed=seed)
+
+
+async def _answer(body: schemas._LlamaRequest, request: Request, svc: Service, loaded: LoadedModel,
+                  prompt: PromptIds, params: GenerationParams, start) -> Any:
+    """Fit n_predict to the context, generate, answer as llama.cpp (one object, or its SSE stream)."""
+    n_predict = body.n_predict if body.n_predict is not None else body.max_tokens
+    name, context = loaded.name, prompt.context
+    if n_predict == 0:
+        # llama.vscode warms llama.cpp's prompt cache this way; there is no cache to warm here: just the counts
+        empty = Chunk("", len(prompt.ids), 0, 0.0, max(len(prompt.ids) - context + 1, 0), "length")
+        final = schemas.infill_final(name, "", empty, empty, params, context, body.stream)
+        final["generation_settings"]["n_predict"] = 0
+        if body.stream:
+            return StreamingResponse(iter([sse(final)]), media_type="text/event-stream", headers=SSE_HEADERS)
+        return final
+    if n_predict is not None and n_predict < 0 and prompt.room >= 1:
         params = dataclasses.replace(params, max_new_tokens=prompt.room)
-    run = GenerationRun(request, lambda cancel: svc.engine.infill(prefix, body.input_suffix, params, order, cancel))
-    name = loaded.name
+    params = prompt.cap(params)
+    run = GenerationRun(request, lambda cancel: _limited(start(params, cancel), body.n_indent, body.t_max_predict_ms))
     first = await run.first()
     if not body.stream:
         chunks = await run.rest(first)
@@ -54,4 +106,53 @@ async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep)
         return [schemas.infill_partial(chunk.text, chunk)] if chunk.text else []
     # llama.cpp's native stream ends with the final object (content "", stop true), not with [DONE]
     return event_stream(run, first, render, [], lambda last: (
-        [schemas.infill_final(name, "", first, last, params, context, True)]), done=False)
+        [schemas.infill_final(name, "", first, last, params, context, True)]), done=False,
+        on_error=lambda exc: shaped(exc, llama_error)[1])
+
+
+@router.post("/infill")
+async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep) -> Any:
+    """llama.cpp server's /infill. Like llama.cpp, a prompt too long for the context loses its far ends
+    (input_extra first, then the prefix's start and the suffix's end) and reports `truncated`."""
+    loaded = svc.resolve(None)
+    # llama.cpp puts `prompt` after <FIM_MID>, i.e. it continues the prefix; the engine takes it there
+    prefix = _extra_context(body.input_extra, loaded.tokenizer) + body.input_prefix + body.prompt
+    params = _params(svc, loaded, body)
+    order = svc.saved(loaded).get("fim_order", "psm")
+    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prefix, params, body.input_suffix, order)
+    return await _answer(body, request, svc, loaded, prompt, params, lambda p, cancel: svc.engine.infill(
+        prefix, body.input_suffix, p, order, cancel))
+
+
+@router.post("/completion")
+@router.post("/completions")
+async def completion(body: schemas.LlamaCompletionRequest, request: Request, svc: ServiceDep) -> Any:
+    """llama.cpp server's /completion: the prompt as given (Continue renders its FIM template into it); a
+    prompt longer than the context loses its start, as with llama.cpp's context shift."""
+    loaded = svc.resolve(None)
+    prompt_text = body.prompt if isinstance(body.prompt, str) else "".join(
+        p if isinstance(p, str) else loaded.tokenizer.decode([p]) for p in body.prompt)
+    params = _params(svc, loaded, body)
+    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prompt_text, params)
+    return await _answer(body, request, svc, loaded, prompt, params,
+                         lambda p, cancel: svc.engine.complete(prompt_text, p, cancel))
+
+
+@router.get("/health")
+async def health(svc: ServiceDep) -> Any:
+    """llama.cpp's and TGI's health check (both GET /health): 200 once a model is loaded, else 503."""
+    if svc.engine.loaded is None:
+        return JSONResponse({"error": {"code": 503, "message": "no model is loaded", "type": "unavailable_error"},
+                             "error_type": "healthcheck"}, status_code=503)
+    return {"status": "ok"}
+
+
+@router.get("/props")
+async def props(svc: ServiceDep) -> dict[str, Any]:
+    loaded = svc.resolve(None)
+    params = svc.params(loaded, None, None)
+    return {"default_generation_settings": {"id": 0, "n_ctx": loaded.info.n_positions, "is_processing": False,
+                                            "params": {**params.to_dict(), "n_predict": params.max_new_tokens,
+                                                       "repeat_penalty": params.repetition_penalty}},
+            "total_slots": 1, "model_path": loaded.name, "chat_template": "", "build_info": "starcoder-webui",
+            "modalities": {"vision": False, "audio": False}, "timestamp": int(time.time())}

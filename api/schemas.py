@@ -42,8 +42,17 @@ class _OpenAIRequest(_Samplers):
     stream_options: StreamOptions | None = None
 
 
+class Segments(_Body):
+    """Tabby's code around the cursor (its declarations and snippets are not used)."""
+    prefix: str = ""
+    suffix: str | None = None
+    filepath: str | None = None
+
+
 class CompletionRequest(_OpenAIRequest):
     prompt: str | list[str] | list[int] | list[list[int]] = ""
+    segments: Segments | None = None            # Tabby's body shares the path: segments and no prompt
+    language: str | None = None
     suffix: str | None = None                   # a string, even "", asks for fill-in-the-middle
     best_of: int | None = None
     echo: bool = False
@@ -73,13 +82,13 @@ class ExtraChunk(_Body):
     text: str = ""
 
 
-class InfillRequest(_Body):
-    """llama.cpp server's /infill body; unknown fields (n_indent, t_max_predict_ms, samplers...) are ignored."""
-    input_prefix: str = ""
-    input_suffix: str = ""
-    input_extra: list[ExtraChunk] = Field(default_factory=list)
-    prompt: str = ""
-    n_predict: int | None = None                # -1: until EOS or the end of the context
+class _LlamaRequest(_Body):
+    """What llama.cpp server's /completion and /infill share; unknown fields (cache_prompt, samplers...) are
+    ignored."""
+    n_predict: int | None = None                # -1: until EOS or the end of the context; 0: no generation
+    max_tokens: int | None = None               # llama.cpp's alias of n_predict
+    n_indent: int = 0                           # lines after the first need at least this much indentation
+    t_max_predict_ms: int = 0                   # once spent, generation ends at the next newline
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -91,8 +100,23 @@ class InfillRequest(_Body):
     stream: bool = False
 
 
+class InfillRequest(_LlamaRequest):
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[ExtraChunk] = Field(default_factory=list)
+    prompt: str = ""
+
+
+class LlamaCompletionRequest(_LlamaRequest):
+    prompt: str | list[int | str] = ""
+
+
 class TokenCountRequest(_Body):
     text: str
+
+
+class DecodeRequest(_Body):
+    tokens: list[int]
 
 
 class LoadRequest(_Body):
@@ -162,7 +186,9 @@ def infill_final(model: str, content: str, first: Chunk, last: Chunk, params: Ge
     n_pred = last.completion_tokens
     return {
         "index": 0, "id_slot": 0, "content": content, "stop": True, "model": model,
-        "tokens_predicted": n_pred, "tokens_evaluated": last.prompt_tokens, "tokens_cached": 0,
+        "tokens_predicted": n_pred, "tokens_evaluated": last.prompt_tokens,
+        # what the KV cache held when generation ended; nothing is kept for the next request
+        "tokens_cached": last.prompt_tokens + n_pred,
         "truncated": last.truncated_tokens > 0, "has_new_line": "\n" in content,
         "stop_type": _STOP_TYPE[reason], "stopped_eos": reason == "eos", "stopped_word": reason == "stop",
         "stopped_limit": reason in ("length", "cancelled"), "stopping_word": "",
