@@ -1,4 +1,4 @@
-"""The model-control routes (text-generation-webui's /v1/internal/...): token count, model info, load, unload."""
+"""The model-control routes (text-generation-webui's /v1/internal/...): tokens, models, load, unload, stop."""
 from __future__ import annotations
 
 import functools
@@ -33,6 +33,31 @@ def _info(engine: Engine) -> dict[str, Any]:
 @router.post("/token-count")
 async def token_count(body: schemas.TokenCountRequest, svc: ServiceDep) -> dict[str, int]:
     return {"length": await anyio.to_thread.run_sync(svc.engine.count_tokens, body.text)}
+
+
+@router.post("/encode")
+async def encode(body: schemas.TokenCountRequest, svc: ServiceDep) -> dict[str, Any]:
+    loaded = svc.resolve(None)
+    tokens = await anyio.to_thread.run_sync(lambda: loaded.tokenizer.encode(body.text, add_special_tokens=False))
+    return {"tokens": tokens, "length": len(tokens)}
+
+
+@router.post("/decode")
+async def decode(body: schemas.DecodeRequest, svc: ServiceDep) -> dict[str, str]:
+    loaded = svc.resolve(None)
+    return {"text": await anyio.to_thread.run_sync(loaded.tokenizer.decode, body.tokens)}
+
+
+@router.get("/model/list")
+async def model_list(svc: ServiceDep) -> dict[str, list[str]]:
+    return {"model_names": svc.engine.list_models()}
+
+
+@router.post("/stop-generation")
+async def stop_generation(svc: ServiceDep) -> str:
+    """Cancels every running generation, within one token; text-generation-webui answers "OK"."""
+    svc.engine.cancel_all()
+    return "OK"
 
 
 @router.get("/model/info")

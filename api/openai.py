@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
-from api import schemas
+from api import schemas, tabby
 from api.errors import APIError
 from api.service import ServiceDep
 from api.streaming import GenerationRun, event_stream
@@ -64,7 +64,10 @@ async def get_model(model_id: str, svc: ServiceDep) -> dict[str, Any]:
 
 @router.post("/v1/completions")
 async def completions(body: schemas.CompletionRequest, request: Request, svc: ServiceDep) -> Any:
-    """Text completion; with `suffix`, real fill-in-the-middle that answers only the middle."""
+    """Text completion; with `suffix`, real fill-in-the-middle that answers only the middle. Tabby's editor
+    plugins post to the same path: a body with `segments` and no `prompt` is Tabby's."""
+    if body.segments is not None and "prompt" not in body.model_fields_set:
+        return await tabby.completions(body, request, svc)
     loaded = svc.resolve(body.model)
     if body.n != 1 or (body.best_of or 1) != 1:
         raise APIError(400, "only n=1 (and best_of=1) is supported: the model generates one sequence at a "
