@@ -141,20 +141,29 @@ async def _generate_stream(body: GenerateRequest, request: Request, svc: Service
     run, first, params = await _start(body, request, svc, model)
     eos = svc.engine.loaded.tokenizer.eos_token_id if svc.engine.loaded else None
     texts: list[str] = []
-    index = [0]
+    held: list[Chunk] = []                      # one chunk behind: the last token's event is also the last event
 
-    def render(chunk: Chunk) -> list[dict]:
+    def event(chunk: Chunk, last: Chunk | None) -> dict[str, Any]:
         texts.append(chunk.text)
-        index[0] += 1
         special = chunk.finish_reason == "eos" and not chunk.text
         token = {"id": eos if special else chunk.token_id, "text": chunk.text, "logprob": None, "special": special}
-        event: dict[str, Any] = {"index": index[0], "token": token, "generated_text": None, "details": None}
-        if chunk.finish_reason is not None:     # TGI's last event carries the last token and the whole text
-            prompt = body.inputs if body.parameters.return_full_text else ""
-            event["generated_text"] = prompt + "".join(texts)
+        out: dict[str, Any] = {"index": len(texts), "token": token, "generated_text": None, "details": None}
+        if last is not None:
+            out["generated_text"] = (body.inputs if body.parameters.return_full_text else "") + "".join(texts)
             if body.parameters.details:
-                event["details"] = _details(chunk, params, stream=True)
-        return [event]
+                out["details"] = _details(last, params, stream=True)
+        return out
+
+    def render(chunk: Chunk) -> list[dict]:
+        out = [event(held.pop(), None)] if held and (chunk.finish_reason is None or chunk.text
+                                                     or chunk.finish_reason == "eos") else []
+        if chunk.finish_reason is None:
+            held.append(chunk)
+        elif held:                              # the end adds no token of its own: it closes the held one
+            out.append(event(held.pop(), chunk))
+        else:
+            out.append(event(chunk, chunk))
+        return out
     return event_stream(run, first, render, [], lambda last: [], done=False,
                         on_error=lambda exc: shaped(exc, tgi_error)[1])
 
