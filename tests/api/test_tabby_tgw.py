@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
@@ -74,3 +75,15 @@ def test_stop_generation_ends_a_running_generation(base_url, engine):
     worker.join(30)
     assert engine.runs[before]["last"].finish_reason == "cancelled"
     assert result["out"]["usage"]["completion_tokens"] < 1500
+
+
+def test_client_leaving_a_tabby_request_cancels_it(base_url, engine):
+    before = len(engine.runs)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base_url}/v1/completions", json={**TABBY, "max_tokens": 1500}, timeout=1.5)
+    deadline = time.monotonic() + 10
+    while len(engine.runs) <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record = engine.runs[before]
+    assert record["done"].wait(10), "the generation kept running after its client left"
+    assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500
