@@ -110,6 +110,21 @@ async def _answer(body: schemas._LlamaRequest, request: Request, svc: Service, l
         on_error=lambda exc: shaped(exc, llama_error)[1])
 
 
+def _mixed_prompt(parts: list[int | str], tokenizer) -> str:
+    """llama.cpp's prompt as a list of token ids and strings; runs of ids are decoded together (a character
+    may span several tokens)."""
+    text, ids = [], []
+    for part in parts + [""]:
+        if isinstance(part, int):
+            ids.append(part)
+            continue
+        if ids:
+            text.append(tokenizer.decode(ids))
+            ids = []
+        text.append(part)
+    return "".join(text)
+
+
 @router.post("/infill")
 async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep) -> Any:
     """llama.cpp server's /infill. Like llama.cpp, a prompt too long for the context loses its far ends
@@ -130,8 +145,7 @@ async def completion(body: schemas.LlamaCompletionRequest, request: Request, svc
     """llama.cpp server's /completion: the prompt as given (Continue renders its FIM template into it); a
     prompt longer than the context loses its start, as with llama.cpp's context shift."""
     loaded = svc.resolve(None)
-    prompt_text = body.prompt if isinstance(body.prompt, str) else "".join(
-        p if isinstance(p, str) else loaded.tokenizer.decode([p]) for p in body.prompt)
+    prompt_text = body.prompt if isinstance(body.prompt, str) else _mixed_prompt(body.prompt, loaded.tokenizer)
     params = _params(svc, loaded, body)
     prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prompt_text, params)
     return await _answer(body, request, svc, loaded, prompt, params,

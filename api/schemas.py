@@ -1,4 +1,5 @@
-"""Request bodies and response shapes of the HTTP API: OpenAI's completions and chat, llama.cpp's /infill."""
+"""Request bodies and response shapes shared by the API's routes: OpenAI's completions and chat (with Tabby's
+segments), llama.cpp's /completion and /infill, text-generation-webui's token routes."""
 from __future__ import annotations
 
 import time

@@ -115,3 +115,9 @@ def test_client_leaving_a_completion_stream_cancels_it(base_url, engine):
     record = engine.runs[before]
     assert record["done"].wait(10), "the generation kept running after its client left"
     assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500
+
+
+def test_a_prompt_of_token_ids_and_strings(base_url, engine):
+    ids = engine.loaded.tokenizer.encode("def f(x):", add_special_tokens=False)
+    mixed = httpx.post(f"{base_url}/completion", json={"prompt": ids + ["\n"], "n_predict": 1}, timeout=30).json()
+    assert mixed["tokens_evaluated"] == engine.count_tokens("def f(x):\n")
