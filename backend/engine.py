@@ -167,7 +167,7 @@ class Engine:
                 torch.cuda.empty_cache()
             start = time.perf_counter()
             model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
-            tokenizer = load_tokenizer(info.path)
+            tokenizer = load_tokenizer(info.checkpoint)
             memory = sum(t.numel() * t.element_size() for t in
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
             self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
