@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from tests.api.conftest import API_KEY
+from tests.helpers.serving import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"

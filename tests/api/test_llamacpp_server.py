@@ -9,7 +9,7 @@ import httpx
 
 from api.llamacpp import _indent_cut, _limited
 from backend.generate import Chunk
-from tests.api.conftest import API_KEY
+from tests.helpers.serving import API_KEY
 
 FIM = "<fim_prefix>def area(r):\n<fim_suffix>\n    return result\n<fim_middle>"
 # Continue's llama.cpp provider: the FIM template rendered into `prompt`, streamed

@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse
 from api import create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.api.conftest import API_KEY, serve
+from tests.helpers.serving import API_KEY, serve
 
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"
 # Continue's autocomplete through the ollama provider, once /api/show's template has `.Suffix`

@@ -10,7 +10,7 @@ import pytest
 
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.api.conftest import API_KEY
+from tests.helpers.serving import API_KEY
 
 PREFIX, SUFFIX = "def fib(n):\n    ", "\n        return fib(n - 1) + fib(n - 2)"
 # what tabby-agent posts for an inline completion

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from backend.generate import GenerationParams
-from tests.api.conftest import API_KEY
+from tests.helpers.serving import API_KEY
 
 FIM = "<fim_prefix>def area(r):\n<fim_suffix>\n    return result\n<fim_middle>"
 # llm-vscode's default request body, with llm-ls's inputs (the FIM prompt) around it
