@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Union
 
 from gradio.components import Component
 
-Components = Mapping[str, "Component | Mapping[str, Component]"]
+Components = Mapping[str, Union[Component, Mapping[str, Component]]]
 
 
 def _flat(named: Components) -> set:
