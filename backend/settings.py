@@ -22,6 +22,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 128, "temperature": 0.2, "top_p": 0.95, "top_k": 0, "min_p": 0.0, "typical_p": 1.0,
     "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "seed": -1, "stop": [], "context_length": 0,
     "mode": "completion", "fim_order": "psm",
+    # where generation runs: this process, or vLLM servers (backend/remote); app-wide, not per model
+    "engine": "local", "remote_urls": [], "remote_api_key": "", "remote_model": "", "remote_timeout": 60.0,
 }
 
 
