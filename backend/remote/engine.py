@@ -139,7 +139,7 @@ class RemoteEngine:
         eos.discard(None)
         fim = [t for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
                if tokenizer.convert_tokens_to_ids(t) not in (None, tokenizer.unk_token_id)]
-        special = fim + tokenizer.convert_ids_to_tokens(sorted(eos))
+        special = fim + ([tokenizer.eos_token] if tokenizer.eos_token else [])
         probe = tuple(tokenizer.convert_tokens_to_ids(special) + tokenizer.encode(_PROBE_TEXT, add_special_tokens=False))
         attached = _Attached(name, info.path, tokenizer, frozenset(eos), "".join(special), probe, self.served_model)
         self.cancel_all()
@@ -356,4 +356,6 @@ def _chunks(events: Iterator[dict], prompt_tokens: int, dropped: int, cancel: th
                 yield Chunk(text, prompt_tokens, completion_tokens, time.perf_counter() - start, dropped)
     if finish is None:
         finish = "cancelled" if cancel.is_set() else "length"
+    elif finish == "eos":
+        completion_tokens = max(0, completion_tokens - 1)      # vLLM counts the end token; we do not
     yield Chunk(pending, prompt_tokens, completion_tokens, time.perf_counter() - start, dropped, finish)

@@ -31,14 +31,14 @@ def free_port() -> int:
 @dataclasses.dataclass
 class VLLMServer:
     url: str
-    process: subprocess.Popen
-    log: Path
+    process: subprocess.Popen | None        # None: started elsewhere, not ours to stop
+    log: Path | None
 
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(30)
@@ -78,3 +78,24 @@ def running_requests(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running"))
+
+
+def main() -> None:
+    """Serve the demo model's dense copy until interrupted; prints the URL (for STARCODER_TEST_VLLM_URL)."""
+    import tempfile
+    from scripts.dense_copy import write_dense_copy
+    ensure_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = write_dense_copy(ROOT / "models" / "starcoder-demo", Path(tmp) / "starcoder-demo-dense")
+        server = start_server(dense, Path(tmp) / "vllm.log")
+        print(server.url, flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
