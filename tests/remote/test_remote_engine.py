@@ -222,3 +222,13 @@ def test_compatibility_flags_what_vllm_refuses_and_says_how_to_requantize():
     problems = vllm_problems(QuantConfig(bits=3, group_size=48, desc_act=True, checkpoint_format="gptq_v2"))
     assert [p.split(" ")[0] for p in problems] == ["checkpoint_format", "bits", "group_size", "act-order"]
     assert any("--group-size 128" in line for line in requantize_commands("models/x"))
+
+
+def test_the_compatibility_command_reports_and_suggests_requantizing(demo_dir, tmp_path, capsys):
+    from backend.remote.compat import main
+    assert main([str(demo_dir)]) == 0 and "vLLM can serve this folder" in capsys.readouterr().out
+    (tmp_path / "quantize_config.json").write_text('{"bits": 4, "group_size": 128, "desc_act": true, "sym": true}')
+    assert main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "act-order with groups" in out and "vLLM refuses it at load" in out
+    assert f"python scripts/dense_copy.py {tmp_path}" in out and "python -m backend.quantize" in out

