@@ -136,7 +136,9 @@ def main() -> None:
               f"{re_['p50_s']:.2f} / {re_['p95_s']:.2f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+    # the load average says how much else ran: vLLM's three processes suffer more from a busy CPU than one
+    out.write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                           "load_average_at_end": os.getloadavg()},
                                "max_tokens": args.max_tokens, "rounds": args.rounds, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
