@@ -37,7 +37,7 @@ from tests.remote.vllm_server import ensure_venv, start_server  # noqa: E402
 DEMO = ROOT / "models" / "starcoder-demo"
 
 
-def fim_cases(n: int, tokenizer, budget: int = 320, seed: int = 0) -> list[tuple[str, str]]:
+def fim_cases(n: int, tokenizer, budget: int, seed: int = 0) -> list[tuple[str, str]]:
     """Gaps cut at random lines of standard-library modules: up to 40 lines of prefix and 20 of suffix,
     fewer when they exceed `budget` tokens (the demo model's context is 512, and our API answers a prompt
     that does not fit with a 400, as OpenAI's does)."""
@@ -100,14 +100,18 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--remote-url", help="an already running vLLM server on the demo model (else one is started)")
+    p.add_argument("--model", default=str(DEMO), help="the model folder (local engine; tokenizer for the remote)")
+    p.add_argument("--remote-url", help="an already running vLLM server serving that model (else one is started "
+                                        "on the model's dense copy)")
+    p.add_argument("--budget", type=int, default=320, help="most prompt tokens per request")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "remote_concurrency.json"))
     args = p.parse_args()
-    cases = fim_cases(max(args.levels) * args.rounds, load_tokenizer(DEMO))
+    model = Path(args.model).resolve()
+    cases = fim_cases(max(args.levels) * args.rounds, load_tokenizer(model), args.budget)
 
-    local = Engine(DEMO.parent)
-    local.load(DEMO.name)
-    rows = run_engine("local", local, DEMO.parent, args, cases)
+    local = Engine(model.parent)
+    local.load(model.name)
+    rows = run_engine("local", local, model.parent, args, cases)
     local.unload()
 
     server = None
@@ -115,13 +119,13 @@ def main() -> None:
         url = args.remote_url
         if url is None:
             ensure_venv()
-            dense = write_dense_copy(DEMO, Path(tmp) / "dense")
+            dense = write_dense_copy(model, Path(tmp) / "dense")
             server = start_server(dense, Path(tmp) / "vllm.log", max_model_len=512)
             url = server.url
         try:
-            remote = RemoteEngine(DEMO.parent, [url])
-            remote.load(DEMO.name)
-            rows += run_engine("remote", remote, DEMO.parent, args, cases)
+            remote = RemoteEngine(model.parent, [url])
+            remote.load(model.name)
+            rows += run_engine("remote", remote, model.parent, args, cases)
         finally:
             if server is not None:
                 server.stop()
