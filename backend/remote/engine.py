@@ -112,16 +112,19 @@ class RemoteEngine:
         return self._folders.model_path(name)
 
     def inspect(self, name: str) -> RemoteModelInfo:
-        """The folder's config and tokenizer are all remote mode needs; weights may be absent."""
+        """The folder's config (and, once attached, what the server said); no weights are needed."""
+        loaded = self._loaded
+        if loaded is not None and loaded.name == name:
+            return loaded.info
+        return self._read_folder(name)
+
+    def _read_folder(self, name: str) -> RemoteModelInfo:
         path = self.model_path(name)
         config = load_model_config(path)
         try:
             quant = QuantConfig.from_dir(path)
         except QuantConfigError:
             quant = None                            # a dense folder, or tokenizer + config only
-        loaded = self._loaded
-        if loaded is not None and loaded.name == name:
-            return loaded.info
         return RemoteModelInfo(name, path, quant, config.n_positions, config.n_layer, config.n_embd)
 
     # ------------------------------------------------------------ attach (the handshake)
@@ -133,7 +136,7 @@ class RemoteEngine:
     def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto") -> LoadedModel:
         """Attach model folder `name` to the served model: kernel, device and dtype are the server's business."""
         start = time.perf_counter()
-        info = self.inspect(name) if self._loaded is None or self._loaded.name != name else self._loaded.info
+        info = self._read_folder(name)
         tokenizer = load_tokenizer(info.path)
         eos = {tokenizer.eos_token_id} | set(_eos_ids(info.path))
         eos.discard(None)
@@ -271,7 +274,7 @@ class RemoteEngine:
             if cancel.is_set():
                 return
             key = affinity if affinity is not None else json.dumps(ids[:64])
-            yield from self._generate(attached, ids, dropped, params, cancel, key)
+            yield from self._generate(attached, ids, dropped, params, cancel, key, loaded.info.n_positions)
         finally:
             if acquired:
                 self._slots.release()
@@ -279,10 +282,10 @@ class RemoteEngine:
                 self._active_cancels.discard(cancel)
 
     def _generate(self, attached: _Attached, ids: list[int], dropped: int, params: GenerationParams,
-                  cancel: threading.Event, key: str) -> Iterator[Chunk]:
+                  cancel: threading.Event, key: str, context: int) -> Iterator[Chunk]:
         tried: set[str] = set()
         while True:
-            replica = self._pick(key, tried, attached)
+            replica = self._pick(key, tried, attached, context)
             tried.add(replica.url)
             started = False
             try:
@@ -301,7 +304,7 @@ class RemoteEngine:
                 with self._state:
                     replica.in_flight -= 1
 
-    def _pick(self, key: str, tried: set[str], attached: _Attached) -> Replica:
+    def _pick(self, key: str, tried: set[str], attached: _Attached, context: int) -> Replica:
         """The replica for `key` by rendezvous hashing (the same file keeps hitting one prefix cache); the
         least busy one instead when that one is down or has a fair share of our requests in flight."""
         now = time.monotonic()
@@ -312,7 +315,9 @@ class RemoteEngine:
                 except RemoteUnavailable as exc:
                     self._mark_down(replica, str(exc))
         with self._state:
-            usable = [r for r in self.replicas if r.served_model and r.down_until <= now and r.url not in tried]
+            # a late joiner with a shorter max_model_len than the context we trim to would refuse long prompts
+            usable = [r for r in self.replicas if r.served_model and r.down_until <= now and r.url not in tried
+                      and r.max_model_len >= context]
             if not usable:
                 reasons = "; ".join(f"{r.url}: {r.error or 'skipped after an earlier failure'}" for r in self.replicas)
                 raise RemoteUnavailable(f"no remote engine is available ({reasons}).")

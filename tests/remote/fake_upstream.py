@@ -55,16 +55,20 @@ def fake_vllm(tokenizer, state: FakeState) -> FastAPI:
             return JSONResponse({"error": {"message": f"fake failure {state.fail_with}", "type": "BadRequestError",
                                            "code": state.fail_with}}, status_code=state.fail_with)
         words = list(state.words)[:body["max_tokens"]]
+        # like vLLM: a text that ends at the end token gets one more event, without text, and the end token
+        # is counted in usage
+        ends = len(words) < body["max_tokens"]
+        steps = words + ([""] if ends else [])
 
         async def events():
             state.running += 1
             state.peak = max(state.peak, state.running)
             try:
-                for i, word in enumerate(words):
+                for i, word in enumerate(steps):
                     await asyncio.sleep(state.delay_s)
-                    last = i == len(words) - 1
+                    last = i == len(steps) - 1
                     choice = {"index": 0, "text": word, "logprobs": None,
-                              "finish_reason": ("length" if len(words) == body["max_tokens"] else "stop") if last else None,
+                              "finish_reason": ("stop" if ends else "length") if last else None,
                               "stop_reason": None}
                     usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": i + 1,
                              "total_tokens": len(body["prompt"]) + i + 1}
