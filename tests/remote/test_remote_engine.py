@@ -170,6 +170,20 @@ def test_a_replica_that_is_down_falls_back_to_a_healthy_one(remote_models_dir, t
         assert health == {down: False, up: True}
 
 
+def test_a_late_replica_with_a_shorter_context_is_not_used(remote_models_dir, tokenizer):
+    long_, short = FakeState(max_model_len=512), FakeState(max_model_len=256)
+    with upstreams(tokenizer, long_) as (up,):
+        engine = RemoteEngine(remote_models_dir, [up, "http://127.0.0.1:1"])
+        engine.load(NAME)                                   # the second is down: the context is 512
+    with upstreams(tokenizer, long_, short) as (up, late):
+        engine.replicas[0].client.url, engine.replicas[1].client.url = up, late
+        engine.replicas[1].down_until = 0.0
+        for i in range(8):
+            text_of(engine.complete("x", GenerationParams(max_new_tokens=1), affinity=f"file{i}"))
+    assert engine.loaded.info.n_positions == 512 and engine.replicas[1].max_model_len == 256
+    assert len(long_.bodies) == 8 and short.bodies == []
+
+
 def test_concurrency_is_bounded_without_a_global_lock(remote_models_dir, tokenizer):
     state = FakeState(delay_s=0.1)
     with upstreams(tokenizer, state) as urls:
