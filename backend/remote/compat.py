@@ -52,7 +52,7 @@ def requantize_commands(model_dir: str | Path, original: str | None = None) -> l
     steps = []
     source = original
     if source is None:
-        source = f"/tmp/{name}-dense"
+        source = f"{name}-dense"
         steps.append(f"python scripts/dense_copy.py {model_dir} {source}")
     steps.append(f"python -m backend.quantize {source} models/{name}-vllm --bits 4 --group-size 128 "
                  f"--calib CODE_FILES_OR_FOLDERS")

@@ -38,7 +38,7 @@ def fake_vllm(tokenizer, state: FakeState) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": state.served, "root": "/srv/" + state.served,
+        return {"object": "list", "data": [{"id": state.served, "root": "models/" + state.served,
                                             "max_model_len": state.max_model_len}]}
 
     @app.post("/tokenize")
