@@ -16,7 +16,7 @@ from backend.errors import UserError
 from backend.generate import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Chunk, GenerationError, GenerationParams, fim_ids, fit_context
 from backend.loader import load_model_config, load_tokenizer
 from backend.quant_config import QuantConfig, QuantConfigError
-from backend.remote.client import RemoteUnavailable, VLLMClient
+from backend.remote.client import RemoteRequestError, RemoteUnavailable, VLLMClient
 from backend.remote.compat import vllm_problems
 from backend.remote.sampling import check_supported, finish_reason, request_body
 
@@ -191,7 +191,15 @@ class RemoteEngine:
                                            f"remote_model to the one that matches models/{attached.name}.")
         served = str(card["id"])
         text = attached.special_text
-        theirs = replica.client.tokenize(served, text) + replica.client.tokenize(served, _PROBE_TEXT)
+        try:
+            theirs = replica.client.tokenize(served, text) + replica.client.tokenize(served, _PROBE_TEXT)
+        except RemoteRequestError as exc:
+            if exc.http_status != 404:
+                raise
+            raise RemoteHandshakeError(
+                f"{replica.url} has no POST /tokenize, which the handshake needs to check that its token ids are "
+                f"ours (prompts are sent as ids); point remote_urls at vLLM's own OpenAI server (vllm serve), or "
+                f"at a load balancer that passes /tokenize through.") from None
         if tuple(theirs) != attached.probe_ids:
             raise RemoteHandshakeError(
                 f"{replica.url} serves {served!r}, whose tokenizer does not match models/{attached.name}: for "

@@ -22,6 +22,7 @@ class FakeState:
     delay_s: float = 0.0
     shift_ids: int = 0                      # nonzero: a different vocabulary (ids off by this much)
     fail_with: int = 0                      # nonzero: every completion answers this status
+    tokenize_route: bool = True             # False: no /tokenize (like a bare OpenAI-style proxy)
     bodies: list[dict] = dataclasses.field(default_factory=list)
     finished: int = 0
     abandoned: int = 0
@@ -42,7 +43,9 @@ def fake_vllm(tokenizer, state: FakeState) -> FastAPI:
                                             "max_model_len": state.max_model_len}]}
 
     @app.post("/tokenize")
-    async def tokenize(request: Request) -> dict:
+    async def tokenize(request: Request) -> Any:
+        if not state.tokenize_route:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
         body = await request.json()
         ids = tokenizer.encode(body["prompt"], add_special_tokens=False)
         return {"tokens": [i + state.shift_ids for i in ids], "count": len(ids), "max_model_len": state.max_model_len}

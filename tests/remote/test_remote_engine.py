@@ -98,6 +98,12 @@ def test_a_different_vocabulary_is_refused(remote_models_dir, tokenizer):
             engine_for(remote_models_dir, urls)
 
 
+def test_a_server_without_tokenize_is_refused_with_what_to_do(remote_models_dir, tokenizer):
+    with upstreams(tokenizer, FakeState(tokenize_route=False)) as urls:
+        with pytest.raises(RemoteHandshakeError, match="has no POST /tokenize.*vllm serve"):
+            engine_for(remote_models_dir, urls)
+
+
 def test_infill_sends_our_fim_ids_never_a_suffix(remote_models_dir, tokenizer):
     state = FakeState()
     params = GenerationParams(max_new_tokens=10, temperature=0.0)
