@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kernel", help="quantized-matmul kernel: auto or a backend name (default from settings)")
     p.add_argument("--device", help="cpu, cuda:0, auto-detect, or auto to split over devices")
     p.add_argument("--no-autoload", action="store_true", help="start without loading a model")
+    p.add_argument("--remote-engine", metavar="URL[,URL...]",
+                   help="generate on these vLLM servers (engine: remote); tokenizing and prompts stay here")
     return p.parse_args(argv)
 
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from backend.engine import Engine
+    from backend.remote.select import make_engine
     from backend.settings import Settings
 
     auth = read_auth(args)
@@ -90,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("kernel", "device"):
         if getattr(args, key):
             settings.defaults[key] = getattr(args, key)
+    if args.remote_engine:
+        settings.defaults.update(engine="remote", remote_urls=args.remote_engine)
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    engine = Engine(args.models_dir)
+    engine = make_engine(args.models_dir, settings.defaults)
     note = autoload(engine, settings, startup_model(engine, args))
 
     api_app = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from backend.settings.table import DEFAULTS, MODEL_KEYS, ModelSettings, SettingsError
+from backend.settings.table import DEFAULTS, MODEL_KEYS, SERVER_KEYS, ModelSettings, SettingsError, check_value
 
 USER_FILE = "config-user.yaml"
 
@@ -54,14 +54,15 @@ def write_yaml_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def checked(values: Mapping[str, Any], source: str, warnings: list[str]) -> dict[str, Any]:
-    """The known keys of `values` whose values pass the table's rules; each bad one becomes a warning."""
+def checked(values: Mapping[str, Any], source: str, warnings: list[str],
+            keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]:
+    """The `keys` of `values` whose values pass the table's rules; each bad one becomes a warning."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in MODEL_KEYS or value is None:
+        if key not in keys or value is None:
             continue
         try:
-            out[key] = ModelSettings.from_flat({key: value}).to_flat()[key]
+            out[key] = check_value(key, value)
         except SettingsError as exc:
             warnings.append(f"{source}: {exc}; the default is used instead.")
     return out
@@ -82,7 +83,8 @@ class Settings:
         defaults = dict(DEFAULTS)
         if settings_file:
             try:
-                defaults.update(checked(_read_yaml(Path(settings_file)), Path(settings_file).name, warnings))
+                defaults.update(checked(_read_yaml(Path(settings_file)), Path(settings_file).name, warnings,
+                                        MODEL_KEYS + SERVER_KEYS))
             except SettingsError as exc:
                 warnings.append(str(exc))
         return cls(defaults, Path(models_dir) / USER_FILE, warnings)

@@ -144,6 +144,18 @@ class PromptSettings(_Group):
     assistant_preamble: str = setting("", widget="lines", info="empty: the built-in tech-assistant preamble")
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSettings(_Group):
+    """Where generation runs, for the whole app (not saved per model): this process or vLLM servers."""
+    engine: str = setting("local", widget="radio", choices=("local", "remote"),
+                          info="remote: generation runs on vLLM servers (remote_urls)")
+    remote_urls: tuple[str, ...] = setting((), widget="lines", info="base URLs of the vLLM servers, one per replica")
+    remote_api_key: str = setting("", widget="text", info="the key the vLLM servers expect, if any")
+    remote_model: str = setting("", widget="text", info="served model name; empty: the one the server lists")
+    remote_timeout: float = setting(60.0, check=lambda v: v > 0, rule="> 0 seconds",
+                                    info="seconds to wait for a vLLM server")
+
+
 GROUPS = (LoadSettings, GenerationParams, PromptSettings)
 
 
@@ -173,8 +185,18 @@ class ModelSettings:
 _NAMED_GROUPS = (("load", LoadSettings), ("generation", GenerationParams), ("prompt", PromptSettings))
 LOAD_KEYS, GENERATION_KEYS, PROMPT_KEYS = (g.keys() for g in GROUPS)
 MODEL_KEYS = LOAD_KEYS + GENERATION_KEYS + PROMPT_KEYS
-DEFAULTS: dict[str, Any] = ModelSettings().to_flat()
-assert len(set(MODEL_KEYS)) == len(MODEL_KEYS), "a key may belong to one group only"
+SERVER_KEYS = ServerSettings.keys()
+DEFAULTS: dict[str, Any] = {**ModelSettings().to_flat(), **ServerSettings().to_dict()}
+assert len(set(MODEL_KEYS + SERVER_KEYS)) == len(MODEL_KEYS + SERVER_KEYS), "a key may belong to one group only"
+
+
+def check_value(key: str, value: Any) -> Any:
+    """`value` as setting `key` holds it (lists for tuples); raises SettingsError naming the key and the fix."""
+    group = next(g for g in (*GROUPS, ServerSettings) if key in g.keys())
+    try:
+        return group.from_dict({key: value}).to_dict()[key]
+    except UserError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def rules(group: type) -> Iterator[tuple[str, Any, Rule]]:
@@ -197,7 +219,8 @@ def defaults_yaml() -> str:
              "# (models/config-user.yaml). Generated from backend/settings/table.py; keys not listed there",
              "# are ignored.", ""]
     for title, group in (("loading", LoadSettings), ("generation", GenerationParams),
-                         ("the Text Generation tab", PromptSettings)):
+                         ("the Text Generation tab", PromptSettings),
+                         ("where generation runs (the whole app, never saved per model)", ServerSettings)):
         lines.append(f"# {title}")
         for key, default, rule in rules(group):
             value = yaml.safe_dump({key: list(default) if isinstance(default, tuple) else default},
