@@ -49,11 +49,14 @@ def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
         # its messages begin with the parameter's name ("temperature must be ≥ 0")
         first = str(exc).split(" ", 1)[0]
         param = first if first in GENERATION_FIELDS and first != "max_new_tokens" else None
-        return 400, error_body(str(exc), "invalid_request_error", param), {}
+        return getattr(exc, "http_status", 400), error_body(str(exc), "invalid_request_error", param), {}
     if isinstance(exc, ModelLoadError):
         return 400, error_body(str(exc), "invalid_request_error", "model_name", "model_load_failed"), {}
     if isinstance(exc, UserError):
-        return 400, error_body(str(exc), "invalid_request_error"), {}
+        # an error may carry its own status (a remote engine: 503 unreachable, the upstream's 4xx passed on)
+        status = getattr(exc, "http_status", 400)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return status, error_body(str(exc), kind), {"Retry-After": "5"} if status == 503 else {}
     log.error("API request failed", exc_info=exc)
     return 500, error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error"), {}
 

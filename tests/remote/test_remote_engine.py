@@ -252,3 +252,12 @@ def test_the_compatibility_command_reports_and_suggests_requantizing(demo_dir, t
     out = capsys.readouterr().out
     assert "act-order with groups" in out and "vLLM refuses it at load" in out
     assert f"python scripts/dense_copy.py {tmp_path}" in out and "python -m backend.quantize" in out
+
+
+def test_the_api_answers_an_unreachable_engine_with_503_and_passes_an_upstream_4xx_on():
+    from api.errors import describe_error
+    from backend.remote.client import RemoteRequestError, RemoteUnavailable
+    status, body, headers = describe_error(RemoteUnavailable("the vLLM server at http://x:1 is down"))
+    assert status == 503 and headers.get("Retry-After") and "http://x:1" in body["error"]["message"]
+    status, body, _ = describe_error(RemoteRequestError("max_tokens is too large", 422))
+    assert status == 422 and body["error"]["message"] == "max_tokens is too large"
