@@ -106,6 +106,8 @@ def default_device() -> str:
 
 class Engine:
     """One per process. Generation and loading take `_lock`, so requests queue instead of colliding."""
+    # generation settings this engine cannot honour (the UI greys them out); the local engine honours all
+    unsupported_settings: tuple[str, ...] = ()
 
     def __init__(self, models_dir: str | Path) -> None:
         self.models_dir = Path(models_dir).resolve()

@@ -235,7 +235,7 @@ def build_generation_tab(handlers: GenerationHandlers, values: dict[str, Any]) -
             status = gr.Markdown("", elem_id="gen-status")
         with gr.Column(scale=1, min_width=260):
             with gr.Accordion("Parameters", open=True):
-                panel = build_params_panel(values)
+                panel = build_params_panel(values, handlers.engine.unsupported_settings)
 
     mode.change(lambda m: [gr.update(visible=m == v) for _, v in MODES], inputs=mode,
                 outputs=[completion_box, fim_box, assistant_box], queue=False)

@@ -91,6 +91,11 @@ class ModelHandlers:
             lines += [f"| {layer} | {kernel} |" for layer, kernel in loaded.kernels.items()]
             lines += ["", f"Loaded on **{loaded.device}** as **{loaded.dtype}** in {loaded.load_seconds:.2f} s; "
                           f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)})."]
+        health = getattr(self.engine, "health", None)
+        if health is not None:   # a remote engine: how each vLLM server is doing
+            lines += ["", "| vLLM server | answers | serves | context | in flight |", "|---|---|---|---|---|"]
+            lines += [f"| {h['url']} | {'yes' if h['healthy'] else 'no: ' + str(h['error'] or 'down')} | "
+                      f"{h['served_model'] or '?'} | {h['max_model_len'] or '?'} | {h['in_flight']} |" for h in health()]
         return "\n".join(lines)
 
     def current_status(self) -> str:

@@ -51,13 +51,15 @@ def generation_params(panel: dict[str, Any]) -> GenerationParams:
     return GenerationParams.from_dict(values_from_panel(panel))
 
 
-def build_params_panel(values: dict[str, Any]) -> dict[str, gr.components.Component]:
-    """One component per generation setting, in the table's order, showing `values`."""
+def build_params_panel(values: dict[str, Any], unsupported: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
+    """One component per generation setting, in the table's order, showing `values`; the engine's
+    `unsupported` settings are shown greyed out with the reason."""
     shown = panel_values(values)
     panel = {}
     for key, _, rule in rules(GenerationParams):
         common = {"label": key.replace("_", " ") if key in ("context_length",) else key, "elem_id": f"p-{key}",
-                  "info": rule.info or None}
+                  "info": "not supported by the remote engine" if key in unsupported else rule.info or None,
+                  "interactive": False if key in unsupported else None}
         if rule.widget == "slider":
             panel[key] = gr.Slider(rule.minimum, rule.maximum, shown[key], step=rule.step, **common)
         elif rule.widget == "lines":

@@ -18,7 +18,7 @@ from backend.loader import load_model_config, load_tokenizer
 from backend.quant_config import QuantConfig, QuantConfigError
 from backend.remote.client import RemoteRequestError, RemoteUnavailable, VLLMClient
 from backend.remote.compat import vllm_problems
-from backend.remote.sampling import check_supported, finish_reason, request_body
+from backend.remote.sampling import UNSUPPORTED, check_supported, finish_reason, request_body
 
 DOWN_FOR_S = 5.0                      # a replica that failed is skipped this long, then tried again
 # a sample of ordinary code: the same ids here and there means the same vocabulary and merges
@@ -86,6 +86,7 @@ class _Attached:
 class RemoteEngine:
     """Same verbs as backend.engine.Engine. No global lock: up to `max_concurrency` requests run at once
     (the server batches them); each request goes to one replica, chosen by affinity, else the least busy."""
+    unsupported_settings: tuple[str, ...] = tuple(name for name, _, _ in UNSUPPORTED)
 
     def __init__(self, models_dir: str | Path, urls: Sequence[str], api_key: str | None = None,
                  served_model: str | None = None, timeout: float = 60.0, max_concurrency: int = 64) -> None:

@@ -198,3 +198,31 @@ def test_unloading_during_generation_is_safe(models_dir, settings):
     assert "stopped" in status or "finished" in status
     status = last(handlers.complete("x", None, panel()))["status"]
     assert "no model is loaded" in status
+
+
+def test_settings_a_remote_engine_cannot_honour_are_greyed_out():
+    import gradio as gr
+
+    from backend.remote.engine import RemoteEngine
+    from ui.params import build_params_panel
+    with gr.Blocks():
+        panel = build_params_panel(DEFAULTS, RemoteEngine.unsupported_settings)
+    assert set(RemoteEngine.unsupported_settings) == {"typical_p", "no_repeat_ngram_size"}
+    assert panel["typical_p"].interactive is False and "remote engine" in panel["typical_p"].info
+    assert panel["temperature"].interactive is not False
+
+
+def test_the_model_tab_shows_each_remote_server(engine, settings):
+    class WithServers:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def health(self):
+            return [{"url": "http://gpu-1:8000", "healthy": True, "served_model": "starcoder", "max_model_len": 8192,
+                     "in_flight": 3, "error": None},
+                    {"url": "http://gpu-2:8000", "healthy": False, "served_model": None, "max_model_len": None,
+                     "in_flight": 0, "error": "connection refused"}]
+
+    text = ModelHandlers(WithServers(), settings).info(DEMO_NAME)
+    assert "| http://gpu-1:8000 | yes | starcoder | 8192 | 3 |" in text
+    assert "http://gpu-2:8000 | no: connection refused" in text
