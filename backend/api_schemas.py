@@ -106,6 +106,7 @@ class LoadRequest(_Body):
     kernel: str | None = None
     device: str | None = None
     dtype: str | None = None
+    compile: str | None = None      # auto | on | off
 
 
 # ---------------------------------------------------------------- errors

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTBigCodeForCausalLM
 
+from backend import decode
 from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
 from backend.quant_config import QuantConfig, QuantConfigError
 from kernels.reference import dequantize
@@ -301,10 +302,12 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
                    trust_remote_code: bool = False, device: str | None = None, device_map: str | None = None,
                    use_triton: bool = False, quantize_config: QuantConfig | dict | None = None,
                    kernel: str = "auto", torch_dtype: Any = "auto", max_memory: dict | None = None,
-                   allow_pickle: bool = False, check_memory: bool = True, **_ignored: Any) -> GPTBigCodeForCausalLM:
+                   allow_pickle: bool = False, check_memory: bool = True, compile: str = "auto",
+                   compile_cache_dir: str | os.PathLike | None = None, **_ignored: Any) -> GPTBigCodeForCausalLM:
     """AutoGPTQ-compatible loader returning a transformers model whose generate()/forward() work.
 
     `use_triton=True` is AutoGPTQ's way of asking for Triton; it maps to kernel="triton".
+    `compile` (auto | on | off): decode through a static cache and a compiled step (backend.decode).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -317,6 +320,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
                              "pass allow_pickle=True as well if you trust the source.")
     if use_triton and kernel == "auto":
         kernel = "triton"
+    decode.check_setting(compile)
     device = str(device or device_map or "cpu")
     qcfg = (quantize_config if isinstance(quantize_config, QuantConfig)
             else QuantConfig.from_dict(quantize_config, "quantize_config argument") if quantize_config
@@ -366,6 +370,7 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     model.memory_estimate = estimate
     model.kernel_report = kernel_report(model)
     model.weights_files = [p.name for p in files]
+    model.decode_report = decode.attach(model, compile, compile_cache_dir)
     return model
 
 
@@ -390,7 +395,7 @@ def kernel_report(model: nn.Module) -> dict[str, str]:
 
 def load_dequantized(model_dir: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> GPTBigCodeForCausalLM:
     """The same checkpoint as a plain transformers model with dense weights (for comparisons)."""
-    model = from_quantized(model_dir, kernel="torch", torch_dtype=torch.float32, check_memory=False)
+    model = from_quantized(model_dir, kernel="torch", torch_dtype=torch.float32, check_memory=False, compile="off")
     dense = GPTBigCodeForCausalLM(model.config).to(torch_dtype).eval()
     state = {k: v for k, v in model.state_dict().items()
              if not ".".join(k.split(".")[:-1]).endswith(QUANTIZED_LAYERS)}

@@ -12,13 +12,13 @@ import yaml
 from backend.errors import UserError
 
 USER_FILE = "config-user.yaml"
-LOAD_KEYS = ("kernel", "device", "dtype")
+LOAD_KEYS = ("kernel", "device", "dtype", "compile")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p",
                    "repetition_penalty", "no_repeat_ngram_size", "seed", "stop", "context_length")
 MODEL_KEYS = LOAD_KEYS + GENERATION_KEYS + ("mode", "fim_order", "assistant_preamble")
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
-    "kernel": "auto", "device": "auto-detect", "dtype": "auto",
+    "kernel": "auto", "device": "auto-detect", "dtype": "auto", "compile": "auto",
     "max_new_tokens": 128, "temperature": 0.2, "top_p": 0.95, "top_k": 0, "min_p": 0.0, "typical_p": 1.0,
     "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "seed": -1, "stop": [], "context_length": 0,
     "mode": "completion", "fim_order": "psm",

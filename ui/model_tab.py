@@ -86,7 +86,8 @@ class ModelHandlers:
             lines += ["", "| layer type | kernel |", "|---|---|"]
             lines += [f"| {layer} | {kernel} |" for layer, kernel in loaded.kernels.items()]
             lines += ["", f"Loaded on **{loaded.device}** as **{loaded.dtype}** in {loaded.load_seconds:.2f} s; "
-                          f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)})."]
+                          f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)}); "
+                          f"{loaded.decode}."]
         return "\n".join(lines)
 
     def current_status(self) -> str:
@@ -132,7 +133,7 @@ class ModelHandlers:
                    f"another model or change the options and press Load."), self.info(name)
             return
         yield (f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} ({loaded.dtype}), "
-               f"memory used {human_bytes(loaded.memory_bytes)}."), self.info(name)
+               f"memory used {human_bytes(loaded.memory_bytes)}; {loaded.decode}."), self.info(name)
 
     def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str,
                          dtype: str) -> Iterator[tuple[str, str]]:
