@@ -60,6 +60,7 @@ class LoadedModel:
     load_seconds: float
     memory_bytes: int
     decode: str = ""                 # how tokens are decoded, e.g. "decode: compiled (inductor), compiled in 41.2 s"
+    checks: tuple[str, ...] = ()     # fast kernels the load-time self-check replaced, and why
 
 
 def default_device() -> str:
@@ -132,7 +133,7 @@ class Engine:
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
             self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
                                        kernel, dict(model.kernel_report), time.perf_counter() - start, memory,
-                                       model.decode_report.describe())
+                                       model.decode_report.describe(), tuple(model.selfcheck_notes))
             return self._loaded
 
     def unload(self) -> None:

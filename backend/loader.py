@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, GPTBigCodeConfig, GPTBigCodeForCausalLM
 
-from backend import decode
+from backend import decode, selfcheck
 from backend.qlinear import BaseQuantLinear, TorchQuantLinear, select_backend
 from backend.quant_config import QuantConfig, QuantConfigError
 from kernels.reference import dequantize
@@ -358,6 +358,8 @@ def from_quantized(model_dir: str | os.PathLike, model_basename: str | None = No
     else:
         model.lm_head.weight = nn.Parameter(head, requires_grad=False)
     _materialize_causal_mask(model, _placement(["transformer.wte.weight"], device_map)["transformer.wte.weight"])
+    # before the one-time repack: a fast kernel that disagrees with the reference gives way
+    model.selfcheck_notes = selfcheck.verify(model, list(quantized_linears(model)), qcfg, dtype)
     for _, layer in quantized_linears(model):
         layer.post_init()
     model.eval()

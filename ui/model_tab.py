@@ -85,6 +85,7 @@ class ModelHandlers:
         if loaded is not None and loaded.name == name:
             lines += ["", "| layer type | kernel |", "|---|---|"]
             lines += [f"| {layer} | {kernel} |" for layer, kernel in loaded.kernels.items()]
+            lines += [f"\n**Self-check:** {note}" for note in loaded.checks]
             lines += ["", f"Loaded on **{loaded.device}** as **{loaded.dtype}** in {loaded.load_seconds:.2f} s; "
                           f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)}); "
                           f"{loaded.decode}."]
