@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from backend import sampling
+from backend.generate import GenerationParams, _cache_kwarg
 from backend.errors import UserError
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -111,6 +112,7 @@ class Decoder:
         for buf in self.state.buffers():
             # a CUDA graph replays against fixed addresses; these are written in place between steps
             torch._dynamo.mark_static_address(buf)
+        self.cache_kwarg = _cache_kwarg(model)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self._forward
         self.choose: Callable = sampling.choose
         self.report = DecodeReport("eager")
@@ -118,7 +120,8 @@ class Decoder:
 
     def _forward(self, token: torch.Tensor) -> torch.Tensor:
         # token: [1, 1] -> logits of that position [1, V]
-        return self.model(input_ids=token, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return self.model(input_ids=token, use_cache=True, logits_to_keep=1,
+                          **{self.cache_kwarg: self.cache}).logits[:, -1, :]
 
     # ------------------------------------------------------------ compile
 
@@ -156,7 +159,6 @@ class Decoder:
     def _warm_up(self) -> None:
         # CUDA graph trees record on the third call, so three steps per flag set; the first call also
         # tunes the Triton tiles, before any capture
-        from backend.generate import GenerationParams
         for flags in PRECOMPILED:
             params = GenerationParams(max_new_tokens=4, temperature=0.0 if flags.greedy else 1.0)
             for _ in self.tokens([0], params, seed=0):
@@ -186,7 +188,8 @@ class Decoder:
         """Run the prompt through the model (eager: its length varies); logits of its last position [1, V]."""
         self._set_window(len(prompt_ids) + max_new_tokens)
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        return self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                          **{self.cache_kwarg: self.cache}).logits[:, -1, :]
 
     @torch.inference_mode()
     def tokens(self, prompt_ids: list[int], params, seed: int) -> Iterator[int]:
@@ -228,7 +231,10 @@ def attach(model, setting: str = "auto", cache_dir: str | os.PathLike | None = N
     if len(devices) > 1:
         return DecodeReport("eager", reason="the model is spread over several devices")
     use_cache_dir(cache_dir)
-    decoder = Decoder(model)
+    try:
+        decoder = Decoder(model)
+    except Exception as exc:  # e.g. a transformers whose cache classes differ: decode eagerly, say why
+        return DecodeReport("eager", reason=f"no static cache, {type(exc).__name__}: {str(exc)[:200]}")
     report = decoder.compile()
     if report.path != "eager":
         model.decoder = decoder

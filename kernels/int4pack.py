@@ -100,7 +100,7 @@ def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torc
         y = torch.ops.aten._weight_int4pack_mm(x2, packed, op_group, scale_and_zeros)
     elif torch.compiler.is_compiling():
         # inductor lowers the aten op to a wrapper that reads the group size back from a tensor on
-        # every call (about 4x the op's own cost at decode); the registered op is called as it is
+        # every call (one profile here: 179 us a call against the op's 44 us); ours is called as it is
         y = ops.int4pack_mm_cpu(x2, packed, op_group, scale_and_zeros)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, op_group, scale_and_zeros)

@@ -168,3 +168,22 @@ def test_window_is_a_power_of_two_within_the_cache():
     assert decode.window_for(512, 8192) == 512
     assert decode.window_for(5000, 8192) == 8192
     assert decode.window_for(100, 64) == 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_greedy_tokens_equal_the_eager_path_on_the_demo_model(demo_dir):
+    # the CUDA twin of test_compiled_greedy_tokens_equal_the_eager_path_on_the_demo_model
+    model = from_quantized(demo_dir, device="cuda:0", compile="on")
+    assert model.decode_report.path == "compiled (CUDA graphs)", model.decode_report
+    tokenizer = load_tokenizer(demo_dir)
+    decoder, model.decoder = model.decoder, None
+    try:
+        for text in PROMPTS:
+            prompt = tokenizer.encode(text)
+            assert list(decoder.tokens(prompt, GREEDY, seed=0)) == eager_greedy(model, prompt)
+        params = GenerationParams(max_new_tokens=20, temperature=0.9, top_p=0.9)
+        prompt = tokenizer.encode(PROMPTS[0])
+        assert list(decoder.tokens(prompt, params, seed=3)) == list(decoder.tokens(prompt, params, seed=3))
+    finally:
+        decoder.close()
