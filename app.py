@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nowebui", action="store_true", help="serve only the API, without the browser UI")
     p.add_argument("--kernel", help="quantized-matmul kernel: auto or a backend name (default from settings)")
     p.add_argument("--device", help="cpu, cuda:0, auto-detect, or auto to split over devices")
+    p.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="decode through a compiled step (CUDA graphs on CUDA): auto, on or off (default from settings)")
     p.add_argument("--no-autoload", action="store_true", help="start without loading a model")
     p.add_argument("--remote-engine", metavar="URL[,URL...]",
                    help="generate on these vLLM servers (engine: remote); tokenizing and prompts stay here")
@@ -70,7 +72,8 @@ def autoload(engine, settings, name: str | None) -> str:
         return ""
     values = settings.for_model(name)
     try:
-        engine.load(name, kernel=values["kernel"], device=values["device"], dtype=values["dtype"])
+        engine.load(name, kernel=values["kernel"], device=values["device"], dtype=values["dtype"],
+                    compile=values["compile"])
     except Exception as exc:  # the app must still start, and say why the model is missing
         message = f"**Loading {name} at start failed**: {type(exc).__name__}: {exc}"
         print(message, file=sys.stderr)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     auth = read_auth(args)
     settings = Settings.load(args.settings if Path(args.settings).is_file() else None, args.models_dir)
-    for key in ("kernel", "device"):
+    for key in ("kernel", "device", "compile"):
         if getattr(args, key):
             settings.defaults[key] = getattr(args, key)
     if args.remote_engine:

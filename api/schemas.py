@@ -125,6 +125,7 @@ class LoadRequest(_Body):
     kernel: str | None = None
     device: str | None = None
     dtype: str | None = None
+    compile: str | None = None      # auto | on | off
 
 
 # ---------------------------------------------------------------- OpenAI responses

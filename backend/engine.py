@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 import sys
 import threading
@@ -11,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from backend import prompts
+from backend import decode, prompts
 from backend.checkpoint import Checkpoint, ModelLoadError
 from backend.errors import GenerationError, UserError
 from backend.generate import Chunk, GenerationParams, fim_ids, fit_context, stream
@@ -20,6 +21,7 @@ from backend.quant_config import QuantConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 HIDDEN_DIRS = {".downloads"}
+COMPILE_CACHE_DIR = ".compile-cache"     # inside models/: inductor's kernels, reused by the next load
 
 
 class NoModelLoaded(UserError, RuntimeError):
@@ -78,6 +80,8 @@ class LoadedModel:
     kernels: dict[str, str]
     load_seconds: float
     memory_bytes: int
+    decode: str = ""                 # how tokens are decoded, e.g. "decode: compiled (inductor), compiled in 41.2 s"
+    checks: tuple[str, ...] = ()     # fast kernels the load-time self-check replaced, and why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,28 +162,38 @@ class Engine:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
-    def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto") -> LoadedModel:
+    def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto",
+             compile: str = "auto") -> LoadedModel:
         """Load `name`, replacing the current model; cancels a running generation first."""
         device = default_device() if device in ("auto-detect", "", None) else device
         info = self.inspect(name)
         self.cancel_all()
         with self._lock:
-            self._loaded = None             # drop the old model before the new one takes memory
+            self._release()                 # drop the old model before the new one takes memory
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             start = time.perf_counter()
-            model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
+            model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype, compile=compile,
+                                   compile_cache_dir=self.models_dir / COMPILE_CACHE_DIR)
             tokenizer = load_tokenizer(info.checkpoint)
             memory = sum(t.numel() * t.element_size() for t in
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
             self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
-                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory)
+                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory,
+                                       model.decode_report.describe(), tuple(model.selfcheck_notes))
             return self._loaded
 
     def unload(self) -> None:
         self.cancel_all()
         with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        # a decoder and its model refer to each other: free the graphs, then collect the cycle now
+        if self._loaded is not None:
+            decode.detach(self._loaded.model)
             self._loaded = None
+            gc.collect()
 
     def cancel_all(self) -> None:
         with self._cancels_lock:

@@ -172,26 +172,40 @@ class _Detokenizer:
         return self.text + rest[len(prefix):].rstrip("\ufffd")
 
 
+def _eager_tokens(model, prompt_ids: list[int], params: GenerationParams, seed: int) -> Iterator[int]:
+    """The reference path: transformers' dynamic cache, then the processors and the sampler on the CPU."""
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    processors = build_processors(params)
+    cache_kwarg = _cache_kwarg(model)
+    history = torch.tensor([prompt_ids], dtype=torch.long)
+    step_input, cache = history.to(device), None
+    while True:
+        logits, cache = _next_logits(model, step_input, cache, cache_kwarg)
+        logits = processors(history, logits.float().cpu())
+        token = sample(logits, params, generator)
+        yield token
+        history = torch.cat([history, torch.tensor([[token]])], dim=1)
+        step_input = torch.tensor([[token]], device=device)
+
+
 @torch.inference_mode()
 def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
            cancel: threading.Event | None = None, truncated_tokens: int = 0) -> Iterator[Chunk]:
     """Yield text deltas as tokens are sampled; the last chunk carries finish_reason."""
     cancel = cancel or threading.Event()
-    device = model.get_input_embeddings().weight.device
     seed = params.seed if params.seed >= 0 else int(torch.randint(0, 2**31 - 1, ()).item())
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    processors = build_processors(params)
     eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     eos.discard(None)
-    cache_kwarg = _cache_kwarg(model)
+    # a model loaded with a decoder (static cache, compiled step, sampling on the device) uses it
+    decoder = getattr(model, "decoder", None)
+    steps = (decoder.tokens(prompt_ids, params, seed) if decoder is not None
+             else _eager_tokens(model, prompt_ids, params, seed))
 
     start = time.perf_counter()
-    history = torch.tensor([prompt_ids], dtype=torch.long)
     detok = _Detokenizer(tokenizer)
     emitted = ""
     finish = "length"
-    cache = None
-    step_input = history.to(device)
     longest_stop = max((len(s) for s in params.stop), default=0)
 
     def chunk(text: str, reason: str | None = None) -> Chunk:
@@ -202,15 +216,11 @@ def stream(model, tokenizer, prompt_ids: list[int], params: GenerationParams,
         if cancel.is_set():
             finish = "cancelled"
             break
-        logits, cache = _next_logits(model, step_input, cache, cache_kwarg)
-        logits = processors(history, logits.float().cpu())
-        token = sample(logits, params, generator)
+        token = next(steps)
         if token in eos:
             finish = "eos"
             break
         detok.add(token)
-        history = torch.cat([history, torch.tensor([[token]])], dim=1)
-        step_input = torch.tensor([[token]], device=device)
         if len(detok.text) == len(emitted) and not params.stop:
             continue
         safe, hit = _stop_split(detok.text, params.stop, max(0, len(emitted) - longest_stop))

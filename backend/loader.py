@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GPTBigCodeForCausalLM
 
+from backend import decode, selfcheck
 from backend.checkpoint import (QUANTIZED_LAYERS, Checkpoint, MemoryEstimate, ModelLoadError, placement_of,
                                 build_skeleton, estimate_memory, has_separate_head, layer_spec, load_model_config,
                                 quantized_linears, resolve_weights)
@@ -142,11 +143,13 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
                    trust_remote_code: bool = False, device: str | None = None, device_map: str | None = None,
                    use_triton: bool = False, quantize_config: QuantConfig | dict | None = None,
                    kernel: str = "auto", torch_dtype: Any = "auto", max_memory: dict | None = None,
-                   allow_pickle: bool = False, check_memory: bool = True, **_ignored: Any) -> GPTBigCodeForCausalLM:
+                   allow_pickle: bool = False, check_memory: bool = True, compile: str = "auto",
+                   compile_cache_dir: str | os.PathLike | None = None, **_ignored: Any) -> GPTBigCodeForCausalLM:
     """AutoGPTQ-compatible loader returning a transformers model whose generate()/forward() work.
 
     `model_dir` may also be a `Checkpoint` already read (the Engine passes the one it inspected).
     `use_triton=True` is AutoGPTQ's way of asking for Triton; it maps to kernel="triton".
+    `compile` (auto | on | off): decode through a static cache and a compiled step (backend.decode).
     """
     if trust_remote_code:
         raise ModelLoadError("trust_remote_code=True is not supported: StarCoder needs no remote code, and "
@@ -156,6 +159,7 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
                              "pass allow_pickle=True as well if you trust the source.")
     if use_triton and kernel == "auto":
         kernel = "triton"
+    decode.check_setting(compile)
     device = str(device or device_map or "cpu")
     if isinstance(model_dir, Checkpoint):
         ckpt = model_dir
@@ -190,6 +194,8 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
     else:
         model.lm_head.weight = nn.Parameter(head, requires_grad=False)
     _materialize_causal_mask(model, placement_of(["transformer.wte.weight"], device_map)["transformer.wte.weight"])
+    # before the one-time repack: a fast kernel that disagrees with the reference gives way
+    model.selfcheck_notes = selfcheck.verify(model, list(quantized_linears(model)), qcfg, dtype)
     for _, layer in quantized_linears(model):
         layer.post_init()
     model.eval()
@@ -201,6 +207,7 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
     model.memory_estimate = estimate
     model.kernel_report = kernel_report(model)
     model.weights_files = [p.name for p in files]
+    model.decode_report = decode.attach(model, compile, compile_cache_dir)
     return model
 
 
@@ -225,7 +232,7 @@ def kernel_report(model: nn.Module) -> dict[str, str]:
 
 def load_dequantized(model_dir: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> GPTBigCodeForCausalLM:
     """The same checkpoint as a plain transformers model with dense weights (for comparisons)."""
-    model = from_quantized(model_dir, kernel="torch", torch_dtype=torch.float32, check_memory=False)
+    model = from_quantized(model_dir, kernel="torch", torch_dtype=torch.float32, check_memory=False, compile="off")
     dense = GPTBigCodeForCausalLM(model.config).to(torch_dtype).eval()
     state = {k: v for k, v in model.state_dict().items()
              if not ".".join(k.split(".")[:-1]).endswith(QUANTIZED_LAYERS)}

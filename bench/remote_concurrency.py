@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.api import create_api  # noqa: E402
+from api import create_api  # noqa: E402
 from backend.engine import Engine  # noqa: E402
 from backend.loader import load_tokenizer  # noqa: E402
 from backend.remote import RemoteEngine  # noqa: E402

@@ -67,10 +67,10 @@ def unpack(words: torch.Tensor, bits: int, count: int, dim: int = 0) -> torch.Te
     word, offset = _stream_positions(count, bits, words.device)
     view = [-1] + [1] * (words.dim() - 1)
     values = words[word] >> offset.view(view)
+    # no data-dependent `if spill.any()`: torch.compile traces this path without a graph break
     spill = offset + bits > 32
-    if spill.any():
-        nxt = torch.where(spill, word + 1, word)
-        values = values | torch.where(spill.view(view), words[nxt] << (32 - offset).view(view), 0)
+    nxt = torch.where(spill, word + 1, word)
+    values = values | torch.where(spill.view(view), words[nxt] << (32 - offset).view(view), 0)
     return (values & mask).to(torch.int32).movedim(0, dim).contiguous()
 
 

@@ -47,9 +47,11 @@ def build_ui(engine: Engine, settings: Settings, startup_note: str = "") -> gr.B
                 build_download_box(downloads, model.dropdown, compact=False, prefix="dl")
 
         # every setting's component by its key in the settings table
-        setting_components = {"kernel": model.kernel, "device": model.device, "dtype": model.dtype, **gen.panel,
+        setting_components = {"kernel": model.kernel, "device": model.device, "dtype": model.dtype,
+                              "compile": model.compile, **gen.panel,
                               "mode": gen.mode, "fim_order": gen.fim_order, "assistant_preamble": gen.preamble}
-        load_inputs = {"name": model.dropdown, "kernel": model.kernel, "device": model.device, "dtype": model.dtype}
+        load_inputs = {"name": model.dropdown, "kernel": model.kernel, "device": model.device, "dtype": model.dtype,
+                       "compile": model.compile}
         load_outputs = {"status": model.status, "info": model.info}
 
         selected = on(model.dropdown.input, models.select, {"name": model.dropdown, "autoload": model.autoload},
@@ -64,7 +66,7 @@ def build_ui(engine: Engine, settings: Settings, startup_note: str = "") -> gr.B
            load_outputs, **GPU_QUEUE)
         on(model.save.click, models.save,
            {"name": model.dropdown, "kernel": model.kernel, "device": model.device, "dtype": model.dtype,
-            "mode": gen.mode, "fim_order": gen.fim_order, "assistant_preamble": gen.preamble, "params": gen.panel},
+            "compile": model.compile, "mode": gen.mode, "fim_order": gen.fim_order, "assistant_preamble": gen.preamble, "params": gen.panel},
            {"status": model.status}, queue=False)
 
         def on_page_load() -> dict[str, Any]:

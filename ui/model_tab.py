@@ -14,7 +14,11 @@ from backend.errors import UserError
 from backend.settings import LOAD_KEYS, LoadSettings, Settings
 from ui.params import panel_values, values_from_panel
 
-DTYPES = list(dataclasses.fields(LoadSettings)[LOAD_KEYS.index("dtype")].metadata["rule"].choices)
+def _rule(key: str):
+    return dataclasses.fields(LoadSettings)[LOAD_KEYS.index(key)].metadata["rule"]
+
+
+DTYPES, COMPILE_CHOICES = list(_rule("dtype").choices), list(_rule("compile").choices)
 
 
 def kernel_choices() -> list[str]:
@@ -55,6 +59,7 @@ class ModelTab:
     kernel: gr.Dropdown
     device: gr.Dropdown
     dtype: gr.Dropdown
+    compile: gr.Dropdown
     info: gr.Markdown
     status: gr.Markdown
 
@@ -89,8 +94,10 @@ class ModelHandlers:
         if loaded is not None and loaded.name == name:
             lines += ["", "| layer type | kernel |", "|---|---|"]
             lines += [f"| {layer} | {kernel} |" for layer, kernel in loaded.kernels.items()]
+            lines += [f"\n**Self-check:** {note}" for note in loaded.checks]
             lines += ["", f"Loaded on **{loaded.device}** as **{loaded.dtype}** in {loaded.load_seconds:.2f} s; "
-                          f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)})."]
+                          f"memory used: **{human_bytes(loaded.memory_bytes)}** (estimate {human_bytes(estimate)}); "
+                          f"{loaded.decode}."]
         health = getattr(self.engine, "health", None)
         if health is not None:   # a remote engine: how each vLLM server is doing
             lines += ["", "| vLLM server | answers | serves | context | in flight |", "|---|---|---|---|---|"]
@@ -133,7 +140,8 @@ class ModelHandlers:
             status = f"Selected **{name}**; press Load." if name else "No model selected."
         return {**values, "info": self.info(name), "status": f"{warning} {status}".strip()}
 
-    def load(self, name: str | None, kernel: str, device: str, dtype: str) -> Iterator[dict[str, str]]:
+    def load(self, name: str | None, kernel: str, device: str, dtype: str,
+             compile: str = "auto") -> Iterator[dict[str, str]]:
         """Yields status and info; a failure leaves the app usable and says why."""
         if not name:
             yield {"status": "Choose a model first.", "info": self.info(name)}
@@ -141,18 +149,19 @@ class ModelHandlers:
         yield {"status": f"Loading **{name}** (kernel {kernel}, device {device}, dtype {dtype}) …",
                "info": self.info(name)}
         try:
-            loaded = self.engine.load(name, kernel=kernel, device=device, dtype=dtype)
+            loaded = self.engine.load(name, kernel=kernel, device=device, dtype=dtype, compile=compile)
         except Exception as exc:
             yield {"status": f"**Failed** to load **{name}**: {describe_error(exc)} — no model is loaded now; "
                              f"choose another model or change the options and press Load.", "info": self.info(name)}
             return
         yield {"status": f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} "
-                         f"({loaded.dtype}), memory used {human_bytes(loaded.memory_bytes)}.", "info": self.info(name)}
+                         f"({loaded.dtype}), memory used {human_bytes(loaded.memory_bytes)}; {loaded.decode}.",
+               "info": self.info(name)}
 
-    def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str,
-                         dtype: str) -> Iterator[dict[str, str]]:
+    def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str, dtype: str,
+                         compile: str = "auto") -> Iterator[dict[str, str]]:
         if autoload and name:
-            yield from self.load(name, kernel, device, dtype)
+            yield from self.load(name, kernel, device, dtype, compile)
 
     def cancel_generation(self) -> None:
         self.engine.cancel_all()
@@ -164,11 +173,11 @@ class ModelHandlers:
         return {"status": message, "info": self.info(name)}
 
     def save(self, name: str | None, kernel: str, device: str, dtype: str, mode: str, fim_order: str,
-             assistant_preamble: str, params: dict[str, Any]) -> dict[str, str]:
+             assistant_preamble: str, params: dict[str, Any], compile: str = "auto") -> dict[str, str]:
         if not name:
             return {"status": "Choose a model before saving its settings."}
-        values = {"kernel": kernel, "device": device, "dtype": dtype, "mode": mode, "fim_order": fim_order,
-                  **values_from_panel(params)}
+        values = {"kernel": kernel, "device": device, "dtype": dtype, "compile": compile, "mode": mode,
+                  "fim_order": fim_order, **values_from_panel(params)}
         if assistant_preamble and assistant_preamble.strip() != DEFAULT_PREAMBLE.strip():
             values["assistant_preamble"] = assistant_preamble
         try:
@@ -202,7 +211,10 @@ def build_model_tab(handlers: ModelHandlers) -> ModelTab:
                                  elem_id="model-device")
             dtype = gr.Dropdown(DTYPES, value="auto", label="Compute dtype", elem_id="model-dtype",
                                 info="auto: float16 on GPU, bfloat16 on CPU")
+            compile = gr.Dropdown(COMPILE_CHOICES, value="auto", label="Compiled decode", elem_id="model-compile",
+                                  info=_rule("compile").info)
         with gr.Column(scale=2):
             info = gr.Markdown(handlers.info(loaded.name if loaded else None), elem_id="model-info")
     refresh.click(handlers.refresh, inputs=dropdown, outputs=dropdown, queue=False)
-    return ModelTab(dropdown, refresh, autoload, load, unload, reload, save, kernel, device, dtype, info, status)
+    return ModelTab(dropdown, refresh, autoload, load, unload, reload, save, kernel, device, dtype, compile, info,
+                    status)

@@ -6,9 +6,9 @@ import torch
 from backend.qlinear.base import BaseQuantLinear, LayerSpec
 
 try:
-    from kernels import triton_gptq
+    from kernels import ops, triton_gptq
 except ImportError:  # triton is not installed (e.g. macOS): the backend reports it and is skipped
-    triton_gptq = None
+    ops = triton_gptq = None
 
 
 class TritonQuantLinear(BaseQuantLinear):
@@ -46,5 +46,6 @@ class TritonQuantLinear(BaseQuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., K] -> [..., N]
-        return triton_gptq.gptq_matmul(x, self.qweight, self.zeros, self.scales, self.bits,
-                                       self.group_size, self.bias, self.perm)
+        # through the registered op, so torch.compile traces it without a graph break
+        return ops.triton_gptq_matmul(x, self.qweight, self.zeros, self.scales, self.bits,
+                                      self.group_size, self.bias, self.perm)

@@ -134,8 +134,10 @@ class RemoteEngine:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
-    def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto") -> LoadedModel:
-        """Attach model folder `name` to the served model: kernel, device and dtype are the server's business."""
+    def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto",
+             compile: str = "auto") -> LoadedModel:
+        """Attach model folder `name` to the served model: kernel, device, dtype and compile are the server's
+        business."""
         start = time.perf_counter()
         info = self._read_folder(name)
         tokenizer = load_tokenizer(info.path)

@@ -108,6 +108,9 @@ class LoadSettings(_Group):
                           rule="auto-detect, cpu, cuda:N or auto")
     dtype: str = setting("auto", widget="dropdown", choices=("auto", "float16", "bfloat16", "float32"),
                          info="auto: float16 on GPU, bfloat16 on CPU")
+    compile: str = setting("auto", widget="dropdown", choices=("auto", "on", "off"),
+                           info="decode through a compiled step with a static cache (CUDA graphs on GPU); "
+                                "auto: where it measured faster")
 
 
 @dataclasses.dataclass(frozen=True)

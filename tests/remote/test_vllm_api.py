@@ -8,7 +8,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from backend.api import create_api
+from api import create_api
 from backend.generate import GenerationParams
 from backend.settings import Settings
 from tests.api.conftest import serve

@@ -1,0 +1,39 @@
+"""The GPTQ matmuls as torch.library ops, so torch.compile traces a QuantLinear without a graph break.
+
+PyTorch's packed-int4 matmuls are aten ops already, but inductor lowers the CPU one through a slower
+wrapper, so it also gets an op of ours that inductor calls as it is. The Triton path picks its tile in
+Python (a tuned table, a first-use jit), which dynamo must not trace into: it runs behind one opaque op
+whose fake implementation gives the output's shape and dtype. Autotuning happens on the op's first
+eager call, so warm a layer up before capturing a CUDA graph.
+"""
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.custom_op("starcoder::triton_gptq_matmul", mutates_args=())
+def triton_gptq_matmul(x: torch.Tensor, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
+                       bits: int, group_size: int, bias: torch.Tensor | None,
+                       perm: torch.Tensor | None) -> torch.Tensor:
+    """y = x @ W + bias for tensors from triton_gptq.prepare; x: [..., K] -> [..., N]."""
+    # imported on first use: triton fixes its interpreter mode when imported, and a CPU-only process
+    # that never runs this op never needs triton
+    from kernels import triton_gptq
+    return triton_gptq.gptq_matmul(x, qweight, zeros, scales, bits, group_size, bias, perm)
+
+
+@triton_gptq_matmul.register_fake
+def _(x, qweight, zeros, scales, bits, group_size, bias, perm):
+    return x.new_empty(*x.shape[:-1], qweight.shape[1])
+
+
+@torch.library.custom_op("starcoder::int4pack_mm_cpu", mutates_args=())
+def int4pack_mm_cpu(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+                    scale_and_zeros: torch.Tensor) -> torch.Tensor:
+    """The CPU packed-int4 matmul behind an op inductor calls as it is: x: [M, K] -> [M, N]."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+
+
+@int4pack_mm_cpu.register_fake
+def _(x, packed, group_size, scale_and_zeros):
+    return x.new_empty(x.shape[0], scale_and_zeros.shape[1])
