@@ -14,7 +14,7 @@ import torch
 from backend import prompts
 from backend.checkpoint import Checkpoint, ModelLoadError
 from backend.errors import GenerationError, UserError
-from backend.generate import Chunk, GenerationParams, fim_ids, fit_context, stream
+from backend.generate import Chunk, GenerationParams, encode, fim_ids, fit_context, stream
 from backend.loader import from_quantized, load_tokenizer
 from backend.quant_config import QuantConfig
 
@@ -185,7 +185,7 @@ class Engine:
         return loaded
 
     def count_tokens(self, text: str) -> int:
-        return len(self._require().tokenizer.encode(text, add_special_tokens=False))
+        return len(encode(self._require().tokenizer, text))
 
     def prompt_ids(self, prompt: str, params: GenerationParams, suffix: str | None = None,
                    order: str = "psm") -> PromptIds:
@@ -198,7 +198,7 @@ class Engine:
         n_positions = loaded.info.n_positions
         context = min(params.context_length or n_positions, n_positions)
         if suffix is None:
-            return PromptIds(loaded.tokenizer.encode(prompt, add_special_tokens=False), context)
+            return PromptIds(encode(loaded.tokenizer, prompt), context)
         # an unbounded context trims nothing: whether the whole prompt fits is the caller's question
         ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
         return PromptIds(ids, context)
@@ -208,12 +208,19 @@ class Engine:
         with self._cancels_lock:
             self._active_cancels.add(cancel)
         try:
-            with self._lock:
+            while True:
+                # tokenizing and trimming run outside the lock: a huge prompt must not hold up everyone else
                 loaded = self._require()
+                ids, dropped = make_ids(loaded)
                 if cancel.is_set():
                     return
-                ids, dropped = make_ids(loaded)
-                yield from stream(loaded.model, loaded.tokenizer, ids, params, cancel, dropped)
+                with self._lock:
+                    if self._loaded is not loaded:     # swapped while we tokenized: redo it for the new model
+                        continue
+                    if cancel.is_set():
+                        return
+                    yield from stream(loaded.model, loaded.tokenizer, ids, params, cancel, dropped)
+                    return
         finally:
             with self._cancels_lock:
                 self._active_cancels.discard(cancel)
@@ -221,7 +228,7 @@ class Engine:
     def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported)."""
         def make_ids(loaded: LoadedModel):
-            ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+            ids = encode(loaded.tokenizer, prompt)
             if not ids:
                 raise GenerationError("the prompt is empty; type some code or text to continue.")
             return fit_context(ids, params, loaded.info.n_positions)
