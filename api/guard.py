@@ -18,7 +18,7 @@ from api.errors import APIError, error_body
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # what the web UI's login page loads before anyone has logged in (Gradio checks the login on its own routes too)
 UI_PUBLIC = ("/", "/login", "/login/", "/logout", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
-             "/gradio_api/theme.css", "/gradio_api/app_id", "/gradio_api/user", "/gradio_api/config",
+             "/gradio_api/theme.css", "/gradio_api/app_id", "/gradio_api/user", "/config", "/config/",
              "/gradio_api/login_check", "/gradio_api/startup-events", "/gradio_api/info")
 UI_PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon", "/custom_component/")
 # the web UI's own routes: Gradio reads forms and uploads there, and checks its login itself

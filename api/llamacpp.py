@@ -36,9 +36,12 @@ async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep)
     prefix = _extra_context(body.input_extra, tok) + body.input_prefix + body.prompt
     seed = None if body.seed is None else (-1 if body.seed < 0 or body.seed >= 0xFFFFFFFF else body.seed)
     n_predict = body.n_predict if body.n_predict is None or body.n_predict >= 0 else None
-    params = svc.params(loaded, body, n_predict, "n_predict", repetition_penalty=body.repeat_penalty, seed=seed)
-    order = svc.saved(loaded).get("fim_order", "psm")
-    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prefix, params, body.input_suffix, order)
+
+    def prepare():   # settings and tokenizing: off the event loop
+        params = svc.params(loaded, body, n_predict, "n_predict", repetition_penalty=body.repeat_penalty, seed=seed)
+        order = svc.saved(loaded).get("fim_order", "psm")
+        return params, order, svc.engine.prompt_ids(prefix, params, body.input_suffix, order)
+    params, order, prompt = await anyio.to_thread.run_sync(prepare)
     context = prompt.context
     if body.n_predict is not None and body.n_predict < 0 and prompt.room >= 1:
         params = dataclasses.replace(params, max_new_tokens=prompt.room)

@@ -126,6 +126,10 @@ def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gene
     if params.temperature == 0:
         return int(logits.argmax(-1))
     probs = torch.softmax(logits.float(), dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        # e.g. a repetition_penalty so small that a logit divided by it overflows
+        raise GenerationError(f"the sampling parameters made the token probabilities NaN (repetition_penalty "
+                              f"{params.repetition_penalty}, temperature {params.temperature}); use values nearer 1.")
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
