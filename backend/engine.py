@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import re
 import sys
 import threading
@@ -78,6 +80,7 @@ class LoadedModel:
     kernels: dict[str, str]
     load_seconds: float
     memory_bytes: int
+    note: str = ""                  # e.g. that the previous model was unloaded first to make room
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,33 @@ class PromptIds:
 
 def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> str:
+    """The device a load will use; one this machine lacks is the user's error, named with the ones it has."""
+    if device in ("auto-detect", "", None):
+        return default_device()
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["auto"] if n_cuda else [])
+    if device == "cuda" and n_cuda:
+        return "cuda:0"
+    if device in have:
+        return device
+    raise ModelLoadError(f"device {device!r} is not available on this machine; choose one of "
+                         f"{', '.join(['auto-detect'] + have)}.")
+
+
+def free_bytes(device: str) -> int:
+    """Memory free for a new model on `device` (for "auto", the first GPU's: a split is not planned here)."""
+    if device.startswith("cuda") or device == "auto":
+        index = int(device.partition(":")[2] or 0)
+        return torch.cuda.mem_get_info(index)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class Engine:
@@ -148,22 +178,43 @@ class Engine:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
+    def room_for(self, info: ModelInfo, device: str) -> bool:
+        """Whether the new model fits beside the loaded one (with a margin for activations and the cache)."""
+        try:
+            return info.estimate_bytes * 1.25 + 512 * 2**20 < free_bytes(device)
+        except (RuntimeError, OSError, ValueError):
+            return False
+
     def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto") -> LoadedModel:
-        """Load `name`, replacing the current model; cancels a running generation first."""
-        device = default_device() if device in ("auto-detect", "", None) else device
+        """Load `name`, replacing the current model; cancels a running generation first.
+
+        The new model is built before the old one is released when both fit; then a failed load leaves the old
+        one serving. When they do not both fit, the old one goes first, and the result (or error) says so.
+        """
+        device = check_device(device)
         info = self.inspect(name)
         self.cancel_all()
         with self._lock:
-            self._loaded = None             # drop the old model before the new one takes memory
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            old, note = self._loaded, ""
+            if old is not None and not self.room_for(info, device):
+                note = f"{old.name} was unloaded first: there is not enough free memory on {device} for both."
+                self._loaded = old = None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             start = time.perf_counter()
-            model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
-            tokenizer = load_tokenizer(info.path)
+            try:
+                model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
+                tokenizer = load_tokenizer(info.path)
+            except Exception as exc:
+                if note:
+                    raise ModelLoadError(f"could not load {name!r}: {exc}. {note} No model is loaded now.") from exc
+                raise
             memory = sum(t.numel() * t.element_size() for t in
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
             self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
-                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory)
+                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory, note)
+            del old
             return self._loaded
 
     def unload(self) -> None:

@@ -78,3 +78,10 @@ def test_settings_are_read_off_the_event_loop(engine, api_models_dir):
             assert httpx.post(url + path, json=body, timeout=60).status_code == 200
     assert settings.on_loop and not any(settings.on_loop)
     assert threading.active_count() < 200
+
+
+def test_loading_on_a_device_this_machine_lacks_is_400(base_url, engine):
+    response = httpx.post(f"{base_url}/v1/internal/model/load", json={"model_name": "tiny", "device": "cuda:7"},
+                          timeout=60)
+    assert response.status_code == 400 and "not available" in response.json()["error"]["message"]
+    assert engine.loaded is not None and engine.loaded.name == "tiny"
