@@ -89,7 +89,9 @@ def probe_auth(server: Server) -> dict:
     routes = [("GET", "/config"), ("POST", "/gradio_api/queue/join"), ("POST", "/gradio_api/cancel"),
               ("POST", "/gradio_api/reset"), ("GET", "/v1/models"), ("POST", "/v1/internal/model/unload")]
     codes = {f"{m} {p}": httpx.request(m, server.url + p, json={}, timeout=30).status_code for m, p in routes}
-    return {"unauthenticated_2xx": sum(200 <= c < 300 for c in codes.values()), "routes": codes}
+    # 422 means the route ran and only disliked the empty body: the door was open
+    return {"unauthenticated_2xx": sum(200 <= c < 300 for c in codes.values()),
+            "unauthenticated_not_refused": sum(c not in (401, 403) for c in codes.values()), "routes": codes}
 
 
 def probe_host_and_form(server: Server, headers: dict) -> dict:
@@ -165,7 +167,7 @@ def probe_big_settings(root: Path, models: Path, megabytes: int) -> dict:
     with open(models / "config-user.yaml", "w") as fh:
         i = 0
         while fh.tell() < megabytes * 2**20:
-            fh.write(json.dumps({f"model-{i}": entry}).strip("{}") + "\n")
+            fh.write(f'"model-{i}": {json.dumps(entry)}\n')
             i += 1
     server = Server(root, models)
     try:
@@ -174,7 +176,24 @@ def probe_big_settings(root: Path, models: Path, megabytes: int) -> dict:
         return {"startup_s": round(server.startup_s, 1), "per_request_s": per_request}
     finally:
         server.stop()
-        (models / "config-user.yaml").unlink()
+        (models / "config-user.yaml").unlink(missing_ok=True)
+
+
+class Results(dict):
+    """Each probe's result printed (and the JSON rewritten) as it arrives: a later hang loses nothing."""
+
+    def __init__(self, path: Path | None, root: Path) -> None:
+        super().__init__(root=str(root))
+        self.path = path
+
+    def __setitem__(self, name, value) -> None:
+        super().__setitem__(name, value)
+        print(f"{name:<12} {json.dumps(value)}", flush=True)
+        if self.path:
+            self.path.write_text(json.dumps(self, indent=2))
+
+    def done(self) -> None:
+        print(json.dumps(self, indent=2))
 
 
 def main() -> None:
@@ -187,7 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     root = args.root.resolve()
-    results: dict = {"root": str(root)}
+    results = Results(args.json, root)
     with tempfile.TemporaryDirectory(prefix="probes-") as tmp:
         models = Path(tmp)
         shutil.copytree(HERE / "models" / "starcoder-demo", models / "starcoder-demo")
@@ -216,10 +235,7 @@ def main() -> None:
             results["saves"] = probe_saves(root, models)
         if "settings50" not in skip:
             results["settings50"] = probe_big_settings(root, models, 50)
-    for name, value in results.items():
-        print(f"{name:<12} {json.dumps(value)}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    results.done()
 
 
 if __name__ == "__main__":
