@@ -205,7 +205,7 @@ class Engine:
             start = time.perf_counter()
             try:
                 model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype)
-                tokenizer = load_tokenizer(info.path)
+                tokenizer = load_tokenizer(info.checkpoint)
             except Exception as exc:
                 if note:
                     raise ModelLoadError(f"could not load {name!r}: {exc}. {note} No model is loaded now.") from exc

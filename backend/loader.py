@@ -241,10 +241,13 @@ def load_dequantized(model_dir: str | os.PathLike, torch_dtype: torch.dtype = to
     return dense
 
 
-def load_tokenizer(model_dir: str | os.PathLike):
-    """The model folder's own tokenizer; never runs remote code."""
+def load_tokenizer(model_dir: str | os.PathLike | Checkpoint):
+    """The model folder's own tokenizer; never runs remote code. A Checkpoint saves reading config.json again."""
+    config = model_dir.config if isinstance(model_dir, Checkpoint) else None
+    model_dir = model_dir.path if isinstance(model_dir, Checkpoint) else model_dir
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        extra = {"config": config} if config is not None else {}
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False, **extra)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{model_dir}: the tokenizer cannot be loaded ({exc}); the folder needs "
                              f"tokenizer.json and tokenizer_config.json from the model repo.") from None

@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
-from tests.ui.models import DEMO, DEMO_NAME, demo_available, write_stand_in  # noqa: E402
+from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
+from tests.helpers.models import DEMO, DEMO_NAME, demo_available, write_stand_in  # noqa: E402
 
 
 def models_folder(tmp: Path) -> tuple[Path, str]:

@@ -36,7 +36,10 @@ def human_bytes(n: float) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """The UI's one translation of errors: a UserError's message says it all; anything else is a bug."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (please report it)"
 
 
 @dataclasses.dataclass

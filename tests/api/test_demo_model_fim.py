@@ -9,7 +9,7 @@ from api import create_api
 from backend.engine import Engine
 from backend.generate import GenerationParams
 from backend.settings import DEFAULTS, GENERATION_KEYS, Settings
-from tests.api.conftest import serve
+from tests.helpers.serving import serve
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 SUFFIX = "\n\nprint(fibonacci(10))\n"

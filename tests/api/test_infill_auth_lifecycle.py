@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import api_warning, create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.api.conftest import API_KEY, make_client, serve
+from tests.helpers.serving import API_KEY, make_client, serve
 
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"
 EXTRA = [{"filename": "geometry/const.py", "text": "PI = 3.14159"}]

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from backend.generate import (GenerationError, GenerationParams, fim_ids, fit_context, generate_text, stream)
-from tests.checkpoints import write_tokenizer
+from tests.helpers.checkpoints import write_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from backend import loader
 from backend.loader import ModelLoadError, from_quantized
 from backend.quant_config import QuantConfig
-from tests.checkpoints import tiny_config, write_checkpoint
+from tests.helpers.checkpoints import tiny_config, write_checkpoint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "starcoder-gptq"
 STARCODER_SHAPES = {  # layer: (K, N)

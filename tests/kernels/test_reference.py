@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels import reference
-from tests.checkpoints import autogptq_pack_rows, quantize_layer
+from tests.helpers.checkpoints import autogptq_pack_rows, quantize_layer
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -15,7 +15,7 @@ from kernels.reference import default_g_idx, dequantize
 from quantizer.gptq import GPTQ, rtn_quantize
 from quantizer.quantize import (checkpoint_tensors, quantize_model, quantized_module_names, sample_calibration,
                                 save_quantized)
-from tests.checkpoints import tiny_config
+from tests.helpers.checkpoints import tiny_config
 
 
 def _correlated_inputs(n: int, k: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import app as app_module
 from backend.engine import Engine
 from backend.settings import Settings
-from tests.ui.models import BROKEN_NAME, DEMO_NAME
+from tests.helpers.models import BROKEN_NAME, DEMO_NAME
 
 
 def test_defaults_serve_the_demo_model_on_localhost_7860():

@@ -7,9 +7,9 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.hub_server import read_folder
+from tests.helpers.hub_server import read_folder
 from tests.ui.conftest import ARTIFACTS, HUB_REPO, wait_until_ready
-from tests.ui.models import BROKEN_NAME, DEMO_NAME, SECOND_NAME
+from tests.helpers.models import BROKEN_NAME, DEMO_NAME, SECOND_NAME
 
 pytestmark = pytest.mark.browser
 LOAD_TIMEOUT = 60_000

@@ -5,7 +5,7 @@ import threading
 
 from backend.prompts import DEFAULT_PREAMBLE
 from backend.settings import DEFAULTS, GENERATION_KEYS, Settings
-from tests.ui.models import BROKEN_NAME, DEMO_NAME, SECOND_NAME
+from tests.helpers.models import BROKEN_NAME, DEMO_NAME, SECOND_NAME
 from ui.generation_tab import GAP_MARKER, GAP_SPLIT, GenerationHandlers, split_fill
 from ui.model_tab import ModelHandlers
 from ui.params import format_stops, generation_params, panel_values, parse_stops, values_from_panel

@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import constants
 
 from tests.backend.hub.fake_repos import GATED, MAIN, REPO, TOKEN, V2
-from tests.hub_server import Faults, HubServer
+from tests.helpers.hub_server import Faults, HubServer
 
 
 @pytest.fixture(scope="module")

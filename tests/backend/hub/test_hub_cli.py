@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backend import hub
 from tests.backend.hub.fake_repos import GATED, REPO, WEIGHTS
-from tests.hub_server import HubServer, read_folder
+from tests.helpers.hub_server import HubServer, read_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 

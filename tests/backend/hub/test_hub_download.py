@@ -13,7 +13,7 @@ from backend import hub
 from tests.backend.hub.fake_repos import (
     EXPECTED_MAIN, GATED, MAIN, REPO, TOKEN, V2, WEIGHTS, fetch, loadable, staged,
 )
-from tests.hub_server import read_folder
+from tests.helpers.hub_server import read_folder
 
 
 def test_fresh_download_places_verified_files_and_metadata(server, tmp_path):

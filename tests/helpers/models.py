@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.checkpoints import tiny_config, write_checkpoint, write_tokenizer
+from tests.helpers.checkpoints import tiny_config, write_checkpoint, write_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "starcoder-demo"
