@@ -106,21 +106,25 @@ def probe_host_and_form(server: Server, headers: dict) -> dict:
 
 
 def probe_fim(server: Server, megabytes: float, timeout: float) -> dict:
+    """The big FIM request, and another client's short completions sent every second meanwhile (its worst wait)."""
     prefix = ("def f(x):\n    return x + 1\n" * int(megabytes * 2**20 / 28 + 1))[: int(megabytes * 2**20)]
-    other: dict = {}
+    waits: list = []
+    finished = threading.Event()
 
     def other_client():
-        time.sleep(1.0)
-        other["wait_s"], other["result"] = timed(lambda: httpx.post(
-            server.url + "/v1/completions", json={"prompt": "def g():", "max_tokens": 4},
-            timeout=timeout).status_code, timeout)
+        while not finished.is_set():
+            waits.append(timed(lambda: httpx.post(server.url + "/v1/completions", timeout=timeout, json={
+                "prompt": "def g():", "max_tokens": 4}).status_code, timeout))
+            finished.wait(1.0)
     thread = threading.Thread(target=other_client)
     thread.start()
     seconds, status = timed(lambda: httpx.post(server.url + "/infill", timeout=timeout, json={
         "input_prefix": prefix, "input_suffix": "\n", "n_predict": 4}).status_code, timeout)
+    finished.set()
     thread.join(timeout + 5)
-    return {"fim_s": seconds, "fim_status": status, "other_wait_s": other.get("wait_s"),
-            "other_status": other.get("result")}
+    worst = max(waits, default=(None, None))
+    return {"fim_s": seconds, "fim_status": status, "other_requests": len(waits), "other_worst_wait_s": worst[0],
+            "other_worst_status": worst[1]}
 
 
 def probe_streams(server: Server, n: int = 20) -> dict:
