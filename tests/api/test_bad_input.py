@@ -10,7 +10,7 @@ import pytest
 
 from api import create_api
 from backend.settings import Settings
-from tests.api.conftest import serve
+from tests.helpers.serving import serve
 
 PREFIX = "def area(r):\n"
 

@@ -11,7 +11,7 @@ import pytest
 
 from api import Credentials, Policy, create_api
 from api.auth import LoginLimiter, read_api_key, refusal
-from tests.api.conftest import API_KEY, serve
+from tests.helpers.serving import API_KEY, serve
 
 PREFIX = "def area(r):\n"
 

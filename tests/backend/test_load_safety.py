@@ -4,7 +4,7 @@ import pytest
 from backend import engine as engine_module
 from backend.checkpoint import Checkpoint, ModelLoadError
 from backend.engine import Engine
-from tests.checkpoints import tiny_config, write_checkpoint
+from tests.helpers.checkpoints import tiny_config, write_checkpoint
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 import app as app_module
-from tests.ui.conftest import ROOT, AppProcess
+from tests.helpers.models import ROOT
+from tests.ui.conftest import AppProcess
 
 KEY = "ui-test-key"
 
