@@ -204,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=HERE, help="the checkout whose app.py is probed")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--server-args", default="", help="more app.py options, e.g. '--max-body-mb 16'")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a hanging probe is cut")
     parser.add_argument("--skip", default="", help="comma-separated probes to skip: auth,form,streams,fim1,fim10,"
                                                    "saves,settings50")
@@ -220,7 +221,8 @@ def main() -> None:
                 results["auth"] = probe_auth(server)
             finally:
                 server.stop()
-        server = Server(root, models)
+        extra = args.server_args.split()
+        server = Server(root, models, *extra)
         try:
             if "form" not in skip:
                 results["host_form"] = probe_host_and_form(server, {})
@@ -232,7 +234,7 @@ def main() -> None:
                     if results[name]["fim_s"] >= args.timeout:      # hung: the next probe needs a fresh server
                         server.proc.kill()
                         server.stop()
-                        server = Server(root, models)
+                        server = Server(root, models, *extra)
         finally:
             server.stop()
         if "saves" not in skip:
