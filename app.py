@@ -112,18 +112,31 @@ def serve(app, args: argparse.Namespace, engine) -> None:
                           timeout_graceful_shutdown=3)).run()
 
 
+def session_user(ui):
+    """Who is logged in to Gradio app `ui`, from a request's cookies (its session tokens), else None."""
+    def user(cookies):
+        for name in (f"access-token-{ui.cookie_id}", f"access-token-unsecure-{ui.cookie_id}"):
+            if cookies.get(name) in ui.tokens:
+                return ui.tokens[cookies[name]]
+        return None
+    return user
+
+
 def ui_sessions(app) -> None:
     """Let the guard accept a web UI login (Gradio's session cookie) on every route, the API's included."""
     from starlette.routing import Mount
     for route in app.routes:
         ui = getattr(route, "app", None)
         if isinstance(route, Mount) and hasattr(ui, "tokens") and hasattr(ui, "cookie_id"):
-            def user(cookies, ui=ui):
-                for name in (f"access-token-{ui.cookie_id}", f"access-token-unsecure-{ui.cookie_id}"):
-                    if cookies.get(name) in ui.tokens:
-                        return ui.tokens[cookies[name]]
-                return None
-            app.state.ui_user = user
+            app.state.ui_user = session_user(ui)
+
+
+def share_app_kwargs(policy) -> dict:
+    """For launch(): Gradio builds its own app there, so the guard goes in as that app's middleware."""
+    from starlette.middleware import Middleware
+
+    from api.guard import Guard
+    return {"middleware": [Middleware(Guard, policy=policy)]}
 
 
 def startup_model(engine, args: argparse.Namespace) -> str | None:
@@ -185,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.share:
         # only launch() opens a share tunnel; the API is mounted on its server afterwards
         demo.launch(server_name=host_of(args), server_port=args.port, share=True, auth=ui_auth, theme=theme(),
-                    css=CSS, ssr_mode=False, prevent_thread_lock=True)
+                    css=CSS, ssr_mode=False, prevent_thread_lock=True, app_kwargs=share_app_kwargs(policy))
+        demo.app.state.ui_user = session_user(demo.app)
         demo.app.mount("/", api_app)
         demo.block_thread()
         return
