@@ -24,9 +24,10 @@ class APIError(Exception):
     """An error meant for the client, answered in OpenAI's JSON shape."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = dict(headers or {})
 
 
 class ClientGone(Exception):
@@ -41,7 +42,7 @@ def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
     """(status, body, headers) for any exception: the API's and the backend's user errors are the client's to
     fix (4xx, or 503 while no model is loaded); anything else is a bug, logged and answered with a 500."""
     if isinstance(exc, APIError):
-        return exc.status, error_body(exc.message, exc.kind, exc.param, exc.code), {}
+        return exc.status, error_body(exc.message, exc.kind, exc.param, exc.code), exc.headers
     if isinstance(exc, NoModelLoaded):
         # the openai client retries 503s by default; retrying cannot help until someone loads a model
         return 503, error_body(str(exc), "server_error", code="model_not_loaded"), {"x-should-retry": "false"}

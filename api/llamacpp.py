@@ -132,9 +132,12 @@ async def infill(body: schemas.InfillRequest, request: Request, svc: ServiceDep)
     loaded = svc.resolve(None)
     # llama.cpp puts `prompt` after <FIM_MID>, i.e. it continues the prefix; the engine takes it there
     prefix = _extra_context(body.input_extra, loaded.tokenizer) + body.input_prefix + body.prompt
-    params = _params(svc, loaded, body)
-    order = svc.saved(loaded).get("fim_order", "psm")
-    prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prefix, params, body.input_suffix, order)
+
+    def prepare():   # settings and tokenizing: off the event loop
+        params = _params(svc, loaded, body)
+        order = svc.saved(loaded).get("fim_order", "psm")
+        return params, order, svc.engine.prompt_ids(prefix, params, body.input_suffix, order)
+    params, order, prompt = await anyio.to_thread.run_sync(prepare)
     return await _answer(body, request, svc, loaded, prompt, params, lambda p, cancel: svc.engine.infill(
         prefix, body.input_suffix, p, order, cancel))
 

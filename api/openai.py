@@ -22,6 +22,8 @@ def _prompt_text(prompt: Any, tokenizer) -> str:
     if isinstance(prompt, str):
         return prompt
     if prompt and all(isinstance(p, int) for p in prompt):
+        if not all(0 <= p < len(tokenizer) for p in prompt):
+            raise APIError(400, f"token ids must be in [0, {len(tokenizer)}) for this model's vocabulary.", "prompt")
         return tokenizer.decode(prompt)
     if len(prompt) == 1:
         return _prompt_text(prompt[0], tokenizer)
@@ -74,11 +76,14 @@ async def completions(body: schemas.CompletionRequest, request: Request, svc: Se
                             "time; send several requests instead.", "n")
     if body.logprobs:
         raise APIError(400, "logprobs are not supported by this server; leave logprobs out.", "logprobs")
-    prompt = _prompt_text(body.prompt, loaded.tokenizer)
-    params = svc.params(loaded, body, body.max_tokens)
     suffix = body.suffix
-    order = body.fim_order or svc.saved(loaded).get("fim_order", "psm")
-    prompt_ids = await anyio.to_thread.run_sync(svc.engine.prompt_ids, prompt, params, suffix, order)
+
+    def prepare():   # decoding, settings and tokenizing: off the event loop
+        prompt = _prompt_text(body.prompt, loaded.tokenizer)
+        params = svc.params(loaded, body, body.max_tokens)
+        order = body.fim_order or svc.saved(loaded).get("fim_order", "psm")
+        return prompt, params, order, svc.engine.prompt_ids(prompt, params, suffix, order)
+    prompt, params, order, prompt_ids = await anyio.to_thread.run_sync(prepare)
     params = _fit(prompt_ids, params, "prompt")
     if suffix is None:
         start = functools.partial(svc.engine.complete, prompt, params)
@@ -103,12 +108,14 @@ async def chat_completions(body: schemas.ChatRequest, request: Request, svc: Ser
     loaded = svc.resolve(body.model)
     if body.n != 1:
         raise APIError(400, "only n=1 is supported; send several requests instead.", "n")
-    max_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    params = svc.params(loaded, body, body.max_completion_tokens or body.max_tokens, max_name)
+    newer = body.max_completion_tokens is not None      # 0 is a value (refused by params), not "unset"
+    max_name = "max_completion_tokens" if newer else "max_tokens"
+    params, preamble = await anyio.to_thread.run_sync(lambda: (
+        svc.params(loaded, body, body.max_completion_tokens if newer else body.max_tokens, max_name),
+        svc.saved(loaded).get("assistant_preamble") or None))   # empty: the built-in preamble
     # OpenAI's newer "developer" role is the old "system"
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
-    preamble = svc.saved(loaded).get("assistant_preamble") or None   # empty: the built-in preamble
     dialogue, prompt_ids, params = await anyio.to_thread.run_sync(svc.engine.chat_prompt, messages, params, preamble)
     params = _fit(prompt_ids, params, "messages")
     run = GenerationRun(request, lambda cancel: svc.engine.complete(dialogue, params, cancel))

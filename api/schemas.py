@@ -130,8 +130,9 @@ class LoadRequest(_Body):
 
 # ---------------------------------------------------------------- OpenAI responses
 
-# "cancelled" (the model was swapped meanwhile) is not an OpenAI value; "length" tells a client the text was cut
-OPENAI_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "length"}
+# "cancelled" (the model was swapped or the server stopped meanwhile) is not an OpenAI value, but "length" would
+# tell a client that max_tokens was reached; clients show an unknown reason as it is
+OPENAI_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "cancelled"}
 
 
 def new_id(prefix: str) -> str:
@@ -176,7 +177,7 @@ def usage_chunk(rid: str, model: str, obj: str, last: Chunk) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- llama.cpp responses
 
-_STOP_TYPE = {"eos": "eos", "stop": "word", "length": "limit", "cancelled": "limit"}
+_STOP_TYPE = {"eos": "eos", "stop": "word", "length": "limit", "cancelled": "none"}
 
 
 def infill_final(model: str, content: str, first: Chunk, last: Chunk, params: GenerationParams,
@@ -193,7 +194,7 @@ def infill_final(model: str, content: str, first: Chunk, last: Chunk, params: Ge
         "tokens_cached": last.prompt_tokens + n_pred,
         "truncated": last.truncated_tokens > 0, "has_new_line": "\n" in content,
         "stop_type": _STOP_TYPE[reason], "stopped_eos": reason == "eos", "stopped_word": reason == "stop",
-        "stopped_limit": reason in ("length", "cancelled"), "stopping_word": "",
+        "stopped_limit": reason == "length", "stopping_word": "",
         "generation_settings": {"n_ctx": n_ctx, "n_predict": params.max_new_tokens, "model": model,
                                 "seed": params.seed, "temperature": params.temperature, "top_k": params.top_k,
                                 "top_p": params.top_p, "min_p": params.min_p, "typical_p": params.typical_p,

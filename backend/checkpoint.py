@@ -163,6 +163,11 @@ def estimate_memory(model: nn.Module, separate_head: bool = False) -> MemoryEsti
             continue
         seen.add(id(p))
         dense += p.numel() * p.element_size()
+    # buffers kept out of the state dict: GPTBigCode's causal mask is n_positions² booleans (900 MB at 30k)
+    for name, b in model.named_buffers():
+        if id(b) not in seen and not ".".join(name.split(".")[:-1]).endswith(QUANTIZED_LAYERS):
+            seen.add(id(b))
+            dense += b.numel() * b.element_size()
     head = model.get_output_embeddings().weight
     if separate_head and head is model.get_input_embeddings().weight:
         dense += head.numel() * head.element_size()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import re
 import sys
 import threading
@@ -15,7 +16,7 @@ import torch
 from backend import decode, prompts
 from backend.checkpoint import Checkpoint, ModelLoadError
 from backend.errors import GenerationError, UserError
-from backend.generate import Chunk, GenerationParams, fim_ids, fit_context, stream
+from backend.generate import Chunk, GenerationParams, encode, fim_ids, fit_context, stream
 from backend.loader import from_quantized, load_tokenizer
 from backend.quant_config import QuantConfig
 
@@ -82,6 +83,7 @@ class LoadedModel:
     memory_bytes: int
     decode: str = ""                 # how tokens are decoded, e.g. "decode: compiled (inductor), compiled in 41.2 s"
     checks: tuple[str, ...] = ()     # fast kernels the load-time self-check replaced, and why
+    note: str = ""                   # e.g. that the previous model was unloaded first to make room
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,33 @@ class PromptIds:
 
 def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> str:
+    """The device a load will use; one this machine lacks is the user's error, named with the ones it has."""
+    if device in ("auto-detect", "", None):
+        return default_device()
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["auto"] if n_cuda else [])
+    if device == "cuda" and n_cuda:
+        return "cuda:0"
+    if device in have:
+        return device
+    raise ModelLoadError(f"device {device!r} is not available on this machine; choose one of "
+                         f"{', '.join(['auto-detect'] + have)}.")
+
+
+def free_bytes(device: str) -> int:
+    """Memory free for a new model on `device` (for "auto", the first GPU's: a split is not planned here)."""
+    if device.startswith("cuda") or device == "auto":
+        index = int(device.partition(":")[2] or 0)
+        return torch.cuda.mem_get_info(index)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class Engine:
@@ -162,25 +191,53 @@ class Engine:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
+    def room_for(self, info: ModelInfo, device: str) -> bool:
+        """Whether the new model fits beside the loaded one (with a margin for activations and the cache)."""
+        try:
+            return info.estimate_bytes * 1.25 + 512 * 2**20 < free_bytes(device)
+        except (RuntimeError, OSError, ValueError):
+            return False
+
     def load(self, name: str, kernel: str = "auto", device: str = "auto-detect", dtype: str = "auto",
              compile: str = "auto") -> LoadedModel:
-        """Load `name`, replacing the current model; cancels a running generation first."""
-        device = default_device() if device in ("auto-detect", "", None) else device
+        """Load `name`, replacing the current model; cancels a running generation first.
+
+        The new model is built before the old one is released when both fit; then a failed load leaves the old
+        one serving. When they do not both fit, or the old one decodes through compiled graphs (releasing
+        those resets every compiled graph of the process, the new model's too), the old one goes first, and
+        the result (or error) says so.
+        """
+        device = check_device(device)
         info = self.inspect(name)
         self.cancel_all()
         with self._lock:
-            self._release()                 # drop the old model before the new one takes memory
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            old, note = self._loaded, ""
+            if old is not None and getattr(old.model, "decoder", None) is not None:
+                note = f"{old.name} was unloaded first: its compiled decode graphs are released before new ones."
+            elif old is not None and not self.room_for(info, device):
+                note = f"{old.name} was unloaded first: there is not enough free memory on {device} for both."
+            if note:
+                old = None
+                self._release()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             start = time.perf_counter()
-            model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype, compile=compile,
-                                   compile_cache_dir=self.models_dir / COMPILE_CACHE_DIR)
-            tokenizer = load_tokenizer(info.checkpoint)
+            try:
+                model = from_quantized(info.checkpoint, device=device, kernel=kernel, torch_dtype=dtype, compile=compile,
+                                       compile_cache_dir=self.models_dir / COMPILE_CACHE_DIR)
+                tokenizer = load_tokenizer(info.checkpoint)
+            except Exception as exc:
+                if note:
+                    raise ModelLoadError(f"could not load {name!r}: {exc}. {note} No model is loaded now.") from exc
+                raise
             memory = sum(t.numel() * t.element_size() for t in
                          {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
-            self._loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
-                                       kernel, dict(model.kernel_report), time.perf_counter() - start, memory,
-                                       model.decode_report.describe(), tuple(model.selfcheck_notes))
+            loaded = LoadedModel(name, model, tokenizer, info, device, str(model.dtype).replace("torch.", ""),
+                                 kernel, dict(model.kernel_report), time.perf_counter() - start, memory,
+                                 model.decode_report.describe(), tuple(model.selfcheck_notes), note)
+            del old
+            self._release()                 # the old model, if it is still here
+            self._loaded = loaded
             return self._loaded
 
     def unload(self) -> None:
@@ -209,7 +266,7 @@ class Engine:
         return loaded
 
     def count_tokens(self, text: str) -> int:
-        return len(self._require().tokenizer.encode(text, add_special_tokens=False))
+        return len(encode(self._require().tokenizer, text))
 
     def prompt_ids(self, prompt: str, params: GenerationParams, suffix: str | None = None,
                    order: str = "psm") -> PromptIds:
@@ -222,7 +279,7 @@ class Engine:
         n_positions = loaded.info.n_positions
         context = min(params.context_length or n_positions, n_positions)
         if suffix is None:
-            return PromptIds(loaded.tokenizer.encode(prompt, add_special_tokens=False), context)
+            return PromptIds(encode(loaded.tokenizer, prompt), context)
         # an unbounded context trims nothing: whether the whole prompt fits is the caller's question
         ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
         return PromptIds(ids, context)
@@ -252,12 +309,19 @@ class Engine:
         with self._cancels_lock:
             self._active_cancels.add(cancel)
         try:
-            with self._lock:
+            while True:
+                # tokenizing and trimming run outside the lock: a huge prompt must not hold up everyone else
                 loaded = self._require()
+                ids, dropped = make_ids(loaded)
                 if cancel.is_set():
                     return
-                ids, dropped = make_ids(loaded)
-                yield from stream(loaded.model, loaded.tokenizer, ids, params, cancel, dropped)
+                with self._lock:
+                    if self._loaded is not loaded:     # swapped while we tokenized: redo it for the new model
+                        continue
+                    if cancel.is_set():
+                        return
+                    yield from stream(loaded.model, loaded.tokenizer, ids, params, cancel, dropped)
+                    return
         finally:
             with self._cancels_lock:
                 self._active_cancels.discard(cancel)
@@ -265,7 +329,7 @@ class Engine:
     def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported)."""
         def make_ids(loaded: LoadedModel):
-            ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+            ids = encode(loaded.tokenizer, prompt)
             if not ids:
                 raise GenerationError("the prompt is empty; type some code or text to continue.")
             return fit_context(ids, params, loaded.info.n_positions)

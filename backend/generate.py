@@ -48,6 +48,28 @@ def fit_context(ids: list[int], params: GenerationParams, n_positions: int) -> t
     return ids[-budget:], len(ids) - budget
 
 
+def encode(tokenizer, text: str) -> list[int]:
+    """`text`'s ids; text no tokenizer can read (a lone surrogate from JSON's \\ud800) is the client's error."""
+    try:
+        return tokenizer.encode(text, add_special_tokens=False)
+    except (UnicodeError, TypeError, ValueError) as exc:
+        raise GenerationError(f"the prompt cannot be tokenized: {exc}; send valid UTF-8 text (no lone "
+                              f"surrogates such as \\ud800).") from None
+
+
+def fim_split(n_pre: int, n_suf: int, budget: int) -> tuple[int, int]:
+    """How many prefix and suffix tokens fit `budget`: the far ends go, the longer side first, then both
+    sides alike (the prefix gives the odd token), so the text nearest the gap stays. O(1), not a token at a time."""
+    excess = n_pre + n_suf - budget
+    if excess <= 0:
+        return n_pre, n_suf
+    if n_pre - n_suf >= excess:
+        return n_pre - excess, n_suf
+    if n_suf - n_pre >= excess:
+        return n_pre, n_suf - excess
+    return budget // 2, budget - budget // 2
+
+
 def fim_ids(tokenizer, prefix: str, suffix: str, params: GenerationParams, n_positions: int,
             order: str = "psm") -> tuple[list[int], int]:
     """StarCoder's FIM prompt as token ids, trimming the prefix's start and the suffix's end to fit.
@@ -63,21 +85,16 @@ def fim_ids(tokenizer, prefix: str, suffix: str, params: GenerationParams, n_pos
             raise GenerationError(f"this tokenizer has no {token} token, so the model was not trained for "
                                   f"fill-in-the-middle; use completion mode.")
         special[token] = tid
-    pre = tokenizer.encode(prefix, add_special_tokens=False)
-    suf = tokenizer.encode(suffix, add_special_tokens=False)
+    pre = encode(tokenizer, prefix)
+    suf = encode(tokenizer, suffix)
     context = min(params.context_length or n_positions, n_positions)
     budget = context - params.max_new_tokens - 3
     if budget < 0:
         raise GenerationError(f"max_new_tokens ({params.max_new_tokens}) leaves no room for the code around "
                               f"the gap in a context of {context} tokens; lower max_new_tokens.")
-    dropped = 0
-    while len(pre) + len(suf) > budget:
-        # the text nearest the gap matters most: cut far ends, the longer side first
-        if len(pre) >= len(suf):
-            pre = pre[1:]
-        else:
-            suf = suf[:-1]
-        dropped += 1
+    keep_pre, keep_suf = fim_split(len(pre), len(suf), budget)
+    dropped = len(pre) - keep_pre + len(suf) - keep_suf
+    pre, suf = pre[len(pre) - keep_pre:], suf[:keep_suf]
     p, s, m = special[FIM_PREFIX], special[FIM_SUFFIX], special[FIM_MIDDLE]
     ids = [p] + pre + [s] + suf + [m] if order == "psm" else [p, s] + suf + [m] + pre
     return ids, dropped
@@ -110,6 +127,10 @@ def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gene
     if params.temperature == 0:
         return int(logits.argmax(-1))
     probs = torch.softmax(logits.float(), dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        # e.g. a repetition_penalty so small that a logit divided by it overflows
+        raise GenerationError(f"the sampling parameters made the token probabilities NaN (repetition_penalty "
+                              f"{params.repetition_penalty}, temperature {params.temperature}); use values nearer 1.")
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

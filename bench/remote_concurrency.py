@@ -31,7 +31,7 @@ from backend.loader import load_tokenizer  # noqa: E402
 from backend.remote import RemoteEngine  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from scripts.dense_copy import write_dense_copy  # noqa: E402
-from tests.api.conftest import serve  # noqa: E402
+from tests.helpers.serving import serve  # noqa: E402
 from tests.remote.vllm_server import ensure_venv, start_server  # noqa: E402
 
 DEMO = ROOT / "models" / "starcoder-demo"

@@ -151,11 +151,14 @@ class ModelHandlers:
         try:
             loaded = self.engine.load(name, kernel=kernel, device=device, dtype=dtype, compile=compile)
         except Exception as exc:
-            yield {"status": f"**Failed** to load **{name}**: {describe_error(exc)} — no model is loaded now; "
+            now = self.engine.loaded     # a failed load keeps the old model when both fitted
+            state = f"**{now.name}** is still loaded" if now else "no model is loaded now"
+            yield {"status": f"**Failed** to load **{name}**: {describe_error(exc)} — {state}; "
                              f"choose another model or change the options and press Load.", "info": self.info(name)}
             return
         yield {"status": f"Loaded **{loaded.name}** in {loaded.load_seconds:.2f} s on {loaded.device} "
-                         f"({loaded.dtype}), memory used {human_bytes(loaded.memory_bytes)}; {loaded.decode}.",
+                         f"({loaded.dtype}), memory used {human_bytes(loaded.memory_bytes)}; {loaded.decode}. "
+                         f"{loaded.note}".strip(),
                "info": self.info(name)}
 
     def load_if_autoload(self, name: str | None, autoload: bool, kernel: str, device: str, dtype: str,

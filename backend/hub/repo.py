@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from huggingface_hub import HfApi, RepoFile, constants
 
 from backend.hub.errors import FileNotFoundOnHubError, InvalidRepoNameError, PickleWeightsError, translate_error
+from backend.hub.metadata import read_metadata
 from backend.hub.types import RemoteFile, RepoListing, RepoRef
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -48,6 +49,14 @@ def destination(ref: RepoRef, models_dir: str | Path) -> Path:
     path = (root / ref.folder_name).resolve()
     if path.parent != root:
         raise InvalidRepoNameError(f"{ref.repo_id!r} would be written outside {root}.")
+    # a/b_c and a_b/c (or user/model:x and user/model_x) share a folder name: never let one replace the other
+    recorded = read_metadata(path)
+    if recorded is not None and recorded.url:
+        repo_id = "/".join(recorded.url.rstrip("/").split("/")[-2:])
+        if (repo_id.lower(), recorded.branch or "main") != (ref.repo_id.lower(), ref.branch):
+            raise InvalidRepoNameError(
+                f"{path.name} already holds {repo_id} (branch {recorded.branch or 'main'}); downloading "
+                f"{ref.repo_id}:{ref.branch} there would overwrite it. Rename or remove that folder first.")
     return path
 
 

@@ -6,6 +6,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import yaml
 from backend.settings.table import DEFAULTS, MODEL_KEYS, SERVER_KEYS, ModelSettings, SettingsError, check_value
 
 USER_FILE = "config-user.yaml"
+# libyaml's parser when present: a 50 MB file takes seconds, not half a minute
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -22,13 +25,16 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as exc:   # unreadable (permissions): report, never stop the app
+        raise SettingsError(f"{path}: cannot be read ({exc.strerror}); the built-in defaults are used.") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         data, problem = None, f"it is not valid YAML ({str(exc).splitlines()[0]})"
     else:
         problem = None if isinstance(data, dict) or data is None else f"it holds a {type(data).__name__}, not a mapping"
     if problem:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        # unique, so a second corrupt file in the same second never replaces the first one set aside
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
         try:
             path.rename(aside)
         except OSError as exc:   # a read-only folder: report, never stop the app
@@ -75,7 +81,8 @@ class Settings:
     user_file: Path
     warnings: list[str] = dataclasses.field(default_factory=list)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-    _cache: tuple[Any, dict] | None = dataclasses.field(default=None, repr=False)
+    _cache: tuple[Any, dict, SettingsError | None] | None = dataclasses.field(default=None, repr=False)
+    _seen: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     @classmethod
     def load(cls, settings_file: str | os.PathLike | None, models_dir: str | os.PathLike) -> "Settings":
@@ -89,34 +96,52 @@ class Settings:
                 warnings.append(str(exc))
         return cls(defaults, Path(models_dir) / USER_FILE, warnings)
 
-    def _all_saved(self) -> dict:
-        """Every model's entry; re-read only when the file changed (its mtime and size)."""
+    def _warn(self, messages: list[str]) -> None:
+        """Each distinct warning once: a bad saved value read on every request must not pile up."""
+        for message in messages:
+            if message not in self._seen:
+                self._seen.add(message)
+                self.warnings.append(message)
+
+    def _all_saved(self, strict: bool = False) -> dict:
+        """Every model's entry; re-read only when the file changed (inode, mtime, size).
+
+        A file that cannot be read is remembered too (not re-parsed per request); `strict` raises its error
+        again, so that a save never overwrites a corrupt file that could not be moved aside.
+        """
         try:
             st = self.user_file.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             stamp = None
-        if self._cache is not None and self._cache[0] == stamp:
-            return self._cache[1]
-        saved = _read_yaml(self.user_file) if stamp else {}
-        saved = {str(k): v for k, v in saved.items() if isinstance(v, dict)}
-        self._cache = (stamp, saved)
-        return saved
+        cache = self._cache
+        if cache is None or cache[0] != stamp:
+            try:
+                saved, error = (_read_yaml(self.user_file) if stamp else {}), None
+            except SettingsError as exc:
+                saved, error = {}, exc
+                self._warn([str(exc)])
+            saved = {str(k): v for k, v in saved.items() if isinstance(v, dict)}
+            cache = self._cache = (stamp, saved, error)
+        if strict and cache[2] is not None:
+            raise cache[2]
+        return cache[1]
 
     def saved_for(self, model: str) -> dict[str, Any]:
         """Only what was saved for `model` (empty if nothing); values that break a rule are dropped."""
-        try:
-            entry = self._all_saved().get(model, {})
-        except SettingsError as exc:
-            self.warnings.append(str(exc))
-            return {}
-        return checked(entry, f"{self.user_file.name} [{model}]", self.warnings)
+        entry = self._all_saved().get(model, {})
+        warnings: list[str] = []
+        out = checked(entry, f"{self.user_file.name} [{model}]", warnings)
+        self._warn(warnings)
+        return out
 
     def for_model(self, model: str | None, folder_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults < the model folder's own defaults < the model's saved settings: never another model's."""
         merged = dict(self.defaults)
         if folder_defaults:
-            merged.update(checked(folder_defaults, f"{model}/generation_config.json", self.warnings))
+            warnings: list[str] = []
+            merged.update(checked(folder_defaults, f"{model}/generation_config.json", warnings))
+            self._warn(warnings)
         if model:
             merged.update(self.saved_for(model))
         return merged
@@ -128,7 +153,8 @@ class Settings:
         """Check and store the known keys of `values` for `model`; other models' entries are kept."""
         entry = {k: v for k, v in ModelSettings.from_flat(values).to_flat().items() if k in values}
         with self._lock:   # read-modify-write: two sessions saving at once must not lose either
-            everything = dict(self._all_saved())   # raises SettingsError (file moved aside) rather than overwrite
+            # raises SettingsError (the file moved aside, or stuck) rather than overwrite
+            everything = dict(self._all_saved(strict=True))
             everything[model] = entry
             write_yaml_atomic(self.user_file, everything)
             self._cache = None

@@ -127,13 +127,15 @@ class GenerationParams(_Group):
                            minimum=0.0, maximum=0.99, step=0.01)
     typical_p: float = setting(1.0, check=lambda v: 0 < v <= 1, rule="in (0, 1]", widget="slider",
                                minimum=0.01, maximum=1.0, step=0.01)
-    repetition_penalty: float = setting(1.0, check=lambda v: v > 0, rule="> 0 (1 disables it)", widget="slider",
+    repetition_penalty: float = setting(1.0, check=lambda v: 0 < v <= 1e6, rule="in (0, 1e6] (1 disables it)",
+                                        widget="slider",
                                         minimum=0.5, maximum=2.0, step=0.01)
     no_repeat_ngram_size: int = setting(0, check=lambda v: v >= 0, rule="≥ 0", widget="slider",
                                         minimum=0, maximum=20, step=1)
     max_new_tokens: int = setting(128, check=lambda v: v >= 1, rule="at least 1", widget="slider",
                                   minimum=1, maximum=4096, step=1)
-    seed: int = setting(-1, check=lambda v: v >= -1, rule="-1 (random) or a seed ≥ 0", info="-1 = random")
+    seed: int = setting(-1, check=lambda v: -1 <= v < 2**64, rule="-1 (random) or a seed in [0, 2^64)",
+                        info="-1 = random")
     context_length: int = setting(0, check=lambda v: v >= 0, rule="≥ 0 (0 means the model's maximum)",
                                   minimum=0, info="0 = the model's maximum; longer prompts lose their start")
     stop: tuple[str, ...] = setting((), widget="lines", info="one per line; write a newline as \\n")

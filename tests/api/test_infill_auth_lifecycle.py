@@ -74,7 +74,7 @@ def test_infill_reads_json_whatever_the_content_type(base_url):
     # but not from a web page: a cross-site form post must not run a generation or load a model
     from_page = httpx.post(f"{base_url}/v1/internal/model/load", content=json.dumps({"model_name": "other"}),
                            headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}, timeout=30)
-    assert from_page.status_code == 400
+    assert from_page.status_code == 403 and from_page.json()["error"]["code"] == "forbidden_origin"
     not_an_object = httpx.post(f"{base_url}/infill", json=[1, 2], timeout=30)
     assert not_an_object.status_code == 400 and "JSON object" in not_an_object.json()["error"]["message"]
 
@@ -116,7 +116,7 @@ def test_api_warning():
 
 # ---------------------------------------------------------------- no model, load, unload
 
-def test_no_model_loaded_is_503_then_load_and_unload(empty_url):
+def test_no_model_loaded_is_503_then_load_and_unload(empty_url, empty_engine):
     client = make_client(empty_url)
     with pytest.raises(openai.InternalServerError) as exc_info:
         client.completions.create(model="tiny", prompt=PREFIX, max_tokens=2)
@@ -144,7 +144,10 @@ def test_no_model_loaded_is_503_then_load_and_unload(empty_url):
     count = httpx.post(f"{empty_url}/v1/internal/token-count", json={"text": PREFIX}, timeout=30).json()
     assert count["length"] > 0
 
-    unloaded = httpx.post(f"{empty_url}/v1/internal/model/unload", timeout=30).json()
+    # a POST with no JSON body and no key changes nothing (a cross-site form could send it)
+    bare = httpx.post(f"{empty_url}/v1/internal/model/unload", timeout=30)
+    assert bare.status_code == 415 and empty_engine.loaded is not None
+    unloaded = httpx.post(f"{empty_url}/v1/internal/model/unload", json={}, timeout=30).json()
     assert unloaded["model_name"] is None
     with pytest.raises(openai.InternalServerError):
         client.completions.create(model="tiny", prompt=PREFIX, max_tokens=2)

@@ -70,7 +70,8 @@ def test_stop_generation_ends_a_running_generation(base_url, engine):
     deadline = time.monotonic() + 10
     while (len(engine.runs) <= before or engine.runs[before]["last"] is None) and time.monotonic() < deadline:
         time.sleep(0.01)
-    stop = httpx.post(f"{base_url}/v1/internal/stop-generation", timeout=10)
+    # a state change: a JSON body (or the key), so that a cross-site page cannot send it
+    stop = httpx.post(f"{base_url}/v1/internal/stop-generation", json={}, timeout=10)
     assert stop.status_code == 200 and stop.json() == "OK"
     worker.join(30)
     assert engine.runs[before]["last"].finish_reason == "cancelled"
@@ -86,4 +87,5 @@ def test_client_leaving_a_tabby_request_cancels_it(base_url, engine):
         time.sleep(0.01)
     record = engine.runs[before]
     assert record["done"].wait(10), "the generation kept running after its client left"
-    assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500
+    last = record["last"]   # None: the client left before the first token (a slow machine), nothing was generated
+    assert last is None or (last.finish_reason == "cancelled" and last.completion_tokens < 1500)

@@ -9,7 +9,7 @@ from backend.loader import from_quantized
 from backend.qlinear import TorchQuantLinear
 from backend.qlinear import CpuInt4QuantLinear
 from backend.qlinear import TritonQuantLinear
-from tests.checkpoints import tiny_config, write_checkpoint
+from tests.helpers.checkpoints import tiny_config, write_checkpoint
 
 
 def _graph_breaks(layer, x) -> int:

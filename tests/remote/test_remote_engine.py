@@ -19,7 +19,7 @@ from backend.remote.compat import requantize_commands, vllm_problems
 from backend.remote.sampling import finish_reason, request_body
 from backend.remote.select import make_engine
 from backend.quant_config import QuantConfig
-from tests.api.conftest import serve
+from tests.helpers.serving import serve
 from tests.remote.fake_upstream import FakeState, fake_vllm
 from tests.remote.vllm_server import free_port
 

@@ -11,7 +11,7 @@ import pytest
 from api import create_api
 from backend.generate import GenerationParams
 from backend.settings import Settings
-from tests.api.conftest import serve
+from tests.helpers.serving import serve
 from tests.remote.vllm_server import SERVED_NAME
 
 pytestmark = pytest.mark.vllm

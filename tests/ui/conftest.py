@@ -68,8 +68,10 @@ def hub_env(hub_server, monkeypatch, tmp_path):
 class AppProcess:
     """`python app.py` in a subprocess on a free port, restartable with the same folders."""
 
-    def __init__(self, models_dir: Path, settings_file: Path, hub_url: str, log: Path) -> None:
+    def __init__(self, models_dir: Path, settings_file: Path, hub_url: str, log: Path, extra_args: tuple = (),
+                 extra_env: dict | None = None) -> None:
         self.models_dir, self.settings_file, self.hub_url, self.log = models_dir, settings_file, hub_url, log
+        self.extra_args, self.extra_env = tuple(extra_args), dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -80,14 +82,15 @@ class AppProcess:
     def start(self, timeout: float = 120.0) -> float:
         """Start and wait until the page is served; returns the seconds it took."""
         self.port = free_port()
-        env = dict(os.environ, HF_ENDPOINT=self.hub_url, HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_ENDPOINT=self.hub_url, HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
+                   **self.extra_env)
         for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
             env.pop(name, None)
         start = time.perf_counter()
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), "--models-dir", str(self.models_dir), "--settings",
-                 str(self.settings_file), "--port", str(self.port), "--device", "cpu", "--api"],
+                 str(self.settings_file), "--port", str(self.port), "--device", "cpu", "--api", *self.extra_args],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         while time.perf_counter() - start < timeout:
             if self.proc.poll() is not None:

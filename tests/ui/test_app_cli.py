@@ -48,3 +48,27 @@ def test_the_api_is_served_beside_the_ui(app):
     assert DEMO_NAME in [m["id"] for m in models["data"]]
     with urllib.request.urlopen(app.url, timeout=10) as response:
         assert b"StarCoder WebUI" in response.read()
+
+
+def test_a_launched_ui_as_for_share_links_is_behind_the_guard():
+    """--share builds Gradio's own app in launch(); the guard must be its middleware (no tunnel in tests)."""
+    import gradio as gr
+    import httpx
+
+    from api import Credentials, Policy
+    from tests.helpers.browser import free_port
+    policy = Policy(Credentials("k3y"))
+    with gr.Blocks() as demo:
+        gr.Markdown("x")
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), auth=policy.credentials.check_login,
+                prevent_thread_lock=True, app_kwargs=app_module.share_app_kwargs(policy), ssr_mode=False)
+    try:
+        demo.app.state.ui_user = app_module.session_user(demo.app)
+        url = demo.local_url.rstrip("/")
+        assert httpx.post(url + "/gradio_api/cancel", json={}, timeout=10).status_code == 401
+        assert httpx.get(url + "/", headers={"Host": "evil.example"}, timeout=10).status_code == 400
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.post("/login", data={"username": "a", "password": "k3y"}).status_code == 200
+            assert client.post("/gradio_api/cancel", json={}).status_code != 401
+    finally:
+        demo.close()

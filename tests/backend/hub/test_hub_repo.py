@@ -55,3 +55,19 @@ def test_select_files_prefers_safetensors_and_needs_consent_for_pickles():
     assert hub.select_files(names) == ["a.safetensors", "config.json", "tokenizer.model"]
     assert hub.select_files(["b.bin", "c.pt", "config.json"]) == ["config.json"]
     assert hub.select_files(["b.bin", "c.pt"], allow_pickle=True) == ["b.bin", "c.pt"]
+
+
+def test_two_repos_that_map_to_one_folder_never_overwrite_each_other(tmp_path):
+    from backend.hub.metadata import write_metadata
+    from backend.hub.repo import destination
+    first = hub.parse_repo("a_b/c")
+    folder = destination(first, tmp_path)
+    folder.mkdir()
+    write_metadata(folder, first, "https://huggingface.co", "0" * 40, {})
+    assert destination(first, tmp_path) == folder                     # the same repo again: an update
+    for other in ("a/b_c", "a_b/c:dev"):
+        ref = hub.parse_repo(other)
+        if ref.folder_name == folder.name:
+            with pytest.raises(hub.InvalidRepoNameError, match="already holds a_b/c"):
+                destination(ref, tmp_path)
+    assert hub.parse_repo("a/b_c").folder_name == folder.name
