@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -119,10 +119,28 @@ def shaped(exc: Exception, reshape: Reshape) -> tuple[int, Any, dict[str, str]]:
     return status, content, headers
 
 
+def reshape_for(scope) -> Reshape | None:
+    """The error shape of the protocol route `scope` is headed for (None: OpenAI's, the default)."""
+    from starlette.routing import Match
+
+    def routes(router) -> Iterator[Any]:
+        for route in getattr(router, "routes", ()):
+            inner = getattr(route, "original_router", None)   # an included router (create_api adds no prefix)
+            yield from routes(inner) if inner is not None else (route,)
+
+    for route in routes(getattr(scope.get("app"), "router", None)):
+        reshape = getattr(route, "protocol_error", None)
+        if reshape is not None and route.matches(scope)[0] is not Match.NONE:
+            return reshape
+    return None
+
+
 def protocol_route(reshape: Reshape) -> type[APIRoute]:
     """An APIRoute class whose errors, invalid bodies included, answer in a protocol's own shape (TGI's
     {"error", "error_type"}, Ollama's {"error"}); a router passes it as route_class."""
     class ShapedRoute(APIRoute):
+        protocol_error = staticmethod(reshape)      # the guard answers refusals on this route in the same shape
+
         def get_route_handler(self):
             handler = super().get_route_handler()
 

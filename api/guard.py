@@ -13,7 +13,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 from api.auth import Credentials, LoginLimiter
-from api.errors import APIError, error_body
+from api.errors import APIError, error_body, reshape_for
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # what the web UI's login page loads before anyone has logged in (Gradio checks the login on its own routes too)
@@ -102,12 +102,16 @@ class Guard:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps(error_body(refused.message, refused.kind, None, refused.code)).encode()
+        content = error_body(refused.message, refused.kind, None, refused.code)
+        reshape = reshape_for(scope)          # TGI, Ollama and llama.cpp clients read their own error shape
+        status = refused.status                 # a refusal keeps its status (401, 403, 413 ...) in every shape
+        content = reshape(status, content["error"])[1] if reshape else content
+        body = json.dumps(content).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers.items()]
         if refused.status in (408, 413):
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def check(self, scope, receive, send) -> None:

@@ -128,3 +128,16 @@ def test_the_ui_login_takes_a_login_or_the_key():
     assert creds.check_login("ann", "pw") and creds.check_login("anyone", "k3y")
     assert not creds.check_login("ann", "nope") and not Credentials().check_login("", "")
     assert json.dumps(creds.check_header(b"Bearer k3y")) == "true"
+
+
+def test_a_refusal_answers_in_each_protocols_own_error_shape(keyed_url):
+    """Editor plugins read errors in their server's shape: TGI's, Ollama's and llama.cpp's, not OpenAI's."""
+    import httpx
+    tgi = httpx.post(f"{keyed_url}/generate", json={"inputs": "x"}, timeout=10)
+    assert tgi.status_code == 401 and set(tgi.json()) == {"error", "error_type"}
+    ollama = httpx.post(f"{keyed_url}/api/generate", json={"model": "tiny", "prompt": "x"}, timeout=10)
+    assert ollama.status_code == 401 and isinstance(ollama.json()["error"], str)
+    llama = httpx.post(f"{keyed_url}/completion", json={"prompt": "x"}, timeout=10)
+    assert llama.status_code == 401 and llama.json()["error"]["code"] == 401
+    openai = httpx.post(f"{keyed_url}/v1/completions", json={"prompt": "x"}, timeout=10)
+    assert openai.status_code == 401 and openai.json()["error"]["code"] == "invalid_api_key"
