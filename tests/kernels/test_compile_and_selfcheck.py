@@ -6,10 +6,13 @@ import torch
 
 from backend import selfcheck
 from backend.loader import from_quantized
-from backend.qlinear import TorchQuantLinear
-from backend.qlinear import CpuInt4QuantLinear
-from backend.qlinear import TritonQuantLinear
+from backend.qlinear import CpuInt4QuantLinear, LayerSpec, TorchQuantLinear, TritonQuantLinear
 from tests.helpers.checkpoints import tiny_config, write_checkpoint
+
+
+def _spec(bits: int, group_size: int, act_order: bool, dtype: torch.dtype) -> LayerSpec:
+    return LayerSpec(bits=bits, group_size=group_size, desc_act=act_order, sym=False, in_features=128,
+                     out_features=64, device=torch.device("cpu"), dtype=dtype)
 
 
 def _graph_breaks(layer, x) -> int:
@@ -21,11 +24,11 @@ def _graph_breaks(layer, x) -> int:
                          ids=["torch", "cpu_int4"])
 @pytest.mark.parametrize("bits,group_size,act_order", [(4, -1, True), (4, 32, True), (3, 32, True)])
 def test_cpu_backends_trace_without_graph_breaks(gptq, cls, dtype, bits, group_size, act_order):
-    if cls.validate(bits=bits, group_size=group_size, desc_act=act_order, sym=False, in_features=128,
-                    out_features=64, device=torch.device("cpu"), dtype=dtype) is not None:
+    spec = _spec(bits, group_size, act_order, dtype)
+    if cls.validate(spec) is not None:
         pytest.skip(f"{cls.NAME} does not serve {bits}-bit")
     t = gptq.make(128, 64, bits, group_size, act_order, False)
-    layer = gptq.build(cls, dict(t), 128, 64, bits, group_size)
+    layer = gptq.build(cls, dict(t), spec)
     assert _graph_breaks(layer, torch.randn(1, 128).to(dtype)) == 0
 
 
@@ -33,7 +36,7 @@ def test_triton_backend_traces_without_graph_breaks(gptq, interpreter):
     if not interpreter:
         return
     t = gptq.make(128, 64, 4, 32, True, False)
-    layer = gptq.build(TritonQuantLinear, dict(t), 128, 64, 4, 32)
+    layer = gptq.build(TritonQuantLinear, dict(t), _spec(4, 32, True, torch.float32))
     x = torch.randn(1, 128)
     assert _graph_breaks(layer, x) == 0
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
