@@ -137,6 +137,42 @@ def free_bytes(device: str) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def prompt_ids_for(loaded: LoadedModel, prompt: str, params: GenerationParams, suffix: str | None = None,
+                   order: str = "psm") -> PromptIds:
+    """The ids of `prompt` (with `suffix`: the FIM prompt, special tokens included) and the context they fit in.
+
+    Front doors use it to refuse or size a request before it queues for the lock; generation trims by the
+    same rules. Call it off the event loop: it tokenizes.
+    """
+    n_positions = loaded.info.n_positions
+    context = min(params.context_length or n_positions, n_positions)
+    if suffix is None:
+        return PromptIds(encode(loaded.tokenizer, prompt), context)
+    # an unbounded context trims nothing: whether the whole prompt fits is the caller's question
+    ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
+    return PromptIds(ids, context)
+
+
+def chat_prompt_for(loaded: LoadedModel, messages: list[dict], params: GenerationParams,
+                    preamble: str | None = None) -> tuple[str, PromptIds, GenerationParams]:
+    """The dialogue prompt that fits, its ids, and params capped to the room left, with the dialogue's stops.
+
+    A small context cannot hold the whole preamble (the built-in one is ~550 tokens with the demo model's
+    tokenizer): the preamble gives up its few-shot turns, then the dialogue its oldest turns, until the
+    prompt leaves room for the answer (max_new_tokens, but never more than a quarter of the context). What
+    is left when even the last turn alone does not fit is the caller's to refuse (room < 1).
+    Call it off the event loop: it tokenizes.
+    """
+    context = min(params.context_length or loaded.info.n_positions, loaded.info.n_positions)
+    wanted = max(1, min(params.max_new_tokens, context // 4))
+    for text in prompts.dialogue_forms(messages, preamble):
+        prompt = prompt_ids_for(loaded, text, params)
+        if prompt.room >= wanted:
+            break
+    params = dataclasses.replace(prompt.cap(params), stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
+    return text, prompt, params
+
+
 class Engine:
     """One per process. Generation and loading take `_lock`, so requests queue instead of colliding."""
     # generation settings this engine cannot honour (the UI greys them out); the local engine honours all
@@ -270,39 +306,13 @@ class Engine:
 
     def prompt_ids(self, prompt: str, params: GenerationParams, suffix: str | None = None,
                    order: str = "psm") -> PromptIds:
-        """The ids of `prompt` (with `suffix`: the FIM prompt, special tokens included) and the context they fit in.
-
-        Front doors use it to refuse or size a request before it queues for the lock; generation trims by the
-        same rules. Call it off the event loop: it tokenizes.
-        """
-        loaded = self._require()
-        n_positions = loaded.info.n_positions
-        context = min(params.context_length or n_positions, n_positions)
-        if suffix is None:
-            return PromptIds(encode(loaded.tokenizer, prompt), context)
-        # an unbounded context trims nothing: whether the whole prompt fits is the caller's question
-        ids, _ = fim_ids(loaded.tokenizer, prompt, suffix, GenerationParams(max_new_tokens=1), sys.maxsize, order)
-        return PromptIds(ids, context)
+        """The ids of `prompt` (with `suffix`: the FIM prompt) and the context they fit in; see `prompt_ids_for`."""
+        return prompt_ids_for(self._require(), prompt, params, suffix, order)
 
     def chat_prompt(self, messages: list[dict], params: GenerationParams,
                     preamble: str | None = None) -> tuple[str, PromptIds, GenerationParams]:
-        """The dialogue prompt that fits, its ids, and params capped to the room left, with the dialogue's stops.
-
-        A small context cannot hold the whole preamble (the built-in one is ~550 tokens with the demo model's
-        tokenizer): the preamble gives up its few-shot turns, then the dialogue its oldest turns, until the
-        prompt leaves room for the answer (max_new_tokens, but never more than a quarter of the context). What
-        is left when even the last turn alone does not fit is the caller's to refuse (room < 1).
-        Call it off the event loop: it tokenizes.
-        """
-        loaded = self._require()
-        context = min(params.context_length or loaded.info.n_positions, loaded.info.n_positions)
-        wanted = max(1, min(params.max_new_tokens, context // 4))
-        for text in prompts.dialogue_forms(messages, preamble):
-            prompt = self.prompt_ids(text, params)
-            if prompt.room >= wanted:
-                break
-        params = dataclasses.replace(prompt.cap(params), stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
-        return text, prompt, params
+        """The dialogue prompt that fits, its ids and the params for it; see `chat_prompt_for`."""
+        return chat_prompt_for(self._require(), messages, params, preamble)
 
     def _run(self, make_ids, params: GenerationParams, cancel: threading.Event | None) -> Iterator[Chunk]:
         cancel = cancel or threading.Event()

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from backend import prompts
-from backend.engine import Engine, LoadedModel, NoModelLoaded
+from backend.engine import Engine, LoadedModel, NoModelLoaded, PromptIds, chat_prompt_for, prompt_ids_for
 from backend.errors import UserError
 from backend.generate import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Chunk, GenerationError, GenerationParams, fim_ids, fit_context
+from backend.checkpoint import folder_defaults
 from backend.loader import load_model_config, load_tokenizer
 from backend.quant_config import QuantConfig, QuantConfigError
 from backend.remote.client import RemoteRequestError, RemoteUnavailable, VLLMClient
@@ -43,6 +43,7 @@ class RemoteModelInfo:
     estimate_bytes: int = 0           # the weights live on the server
     served_model: str | None = None
     urls: tuple[str, ...] = ()
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)   # from the folder's generation_config.json
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"engine": "remote (vLLM)", "context": self.n_positions, "layers": self.layers,
@@ -126,7 +127,13 @@ class RemoteEngine:
             quant = QuantConfig.from_dir(path)
         except QuantConfigError:
             quant = None                            # a dense folder, or tokenizer + config only
-        return RemoteModelInfo(name, path, quant, config.n_positions, config.n_layer, config.n_embd)
+        generation = path / "generation_config.json"
+        try:
+            defaults = folder_defaults(json.loads(generation.read_text(encoding="utf-8"))) if generation.is_file() else {}
+        except (OSError, ValueError):
+            defaults = {}                           # a broken file suggests nothing; the app's defaults apply
+        return RemoteModelInfo(name, path, quant, config.n_positions, config.n_layer, config.n_embd,
+                               defaults=defaults)
 
     # ------------------------------------------------------------ attach (the handshake)
 
@@ -262,10 +269,19 @@ class RemoteEngine:
             return fim_ids(loaded.tokenizer, prefix, suffix, params, loaded.info.n_positions, order)
         return self._run(make_ids, params, cancel, affinity)
 
+    def prompt_ids(self, prompt: str, params: GenerationParams, suffix: str | None = None,
+                   order: str = "psm") -> PromptIds:
+        """As the local Engine's: our tokenizer and the served context decide what fits."""
+        return prompt_ids_for(self._require()[0], prompt, params, suffix, order)
+
+    def chat_prompt(self, messages: list[dict], params: GenerationParams,
+                    preamble: str | None = None) -> tuple[str, PromptIds, GenerationParams]:
+        return chat_prompt_for(self._require()[0], messages, params, preamble)
+
     def chat(self, messages: list[dict], params: GenerationParams, preamble: str | None = None,
              cancel: threading.Event | None = None, affinity: str | None = None) -> Iterator[Chunk]:
-        prompt = prompts.render_dialogue(messages, preamble)
-        params = dataclasses.replace(params, stop=tuple(params.stop) + prompts.DIALOGUE_STOPS)
+        """The dialogue fitted to the context exactly as the local Engine fits it, generated upstream."""
+        prompt, _, params = self.chat_prompt(messages, params, preamble)
         return self.complete(prompt, params, cancel, affinity)
 
     def _run(self, make_ids: Callable, params: GenerationParams, cancel: threading.Event | None,
