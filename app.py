@@ -13,7 +13,7 @@ DEMO_MODEL = "starcoder-demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="StarCoder WebUI: a browser UI and OpenAI-compatible API for GPTQ "
+    p = argparse.ArgumentParser(description="StarCoder WebUI: a browser UI and an editor API for GPTQ "
                                             "StarCoder models.")
     p.add_argument("--model", help=f"model folder to load at start (default: {DEMO_MODEL} when present)")
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="folder holding one sub-folder per model")
@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="make a public gradio.live link")
     p.add_argument("--gradio-auth", help="user:pass (several separated by commas) to log in to the UI")
     p.add_argument("--gradio-auth-path", help="file with user:pass entries, one per line or comma separated")
-    p.add_argument("--api", action="store_true", help="serve the OpenAI-compatible API under /v1 as well")
+    p.add_argument("--api", action="store_true",
+                   help="serve the HTTP API as well (OpenAI, llama.cpp, TGI, Ollama and Tabby routes)")
     p.add_argument("--api-key", help="require this key on every route: API clients send 'Authorization: Bearer "
                                      "KEY', the web UI asks for it as its login password (any user name). Visible "
                                      "in the process list: prefer --api-key-file or $STARCODER_API_KEY")
