@@ -1,4 +1,4 @@
-"""The GPTQ matmuls as torch.library ops, so torch.compile traces a QuantLinear without a graph break.
+"""The GPTQ matmuls as registered torch custom ops, so torch.compile traces a QuantLinear without a graph break.
 
 PyTorch's packed-int4 matmuls are aten ops already, but inductor lowers the CPU one through a slower
 wrapper, so it also gets an op of ours that inductor calls as it is. The Triton path picks its tile in
@@ -9,9 +9,10 @@ eager call, so warm a layer up before capturing a CUDA graph.
 from __future__ import annotations
 
 import torch
+from torch import library
 
 
-@torch.library.custom_op("starcoder::triton_gptq_matmul", mutates_args=())
+@library.custom_op("starcoder::triton_gptq_matmul", mutates_args=())
 def triton_gptq_matmul(x: torch.Tensor, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
                        bits: int, group_size: int, bias: torch.Tensor | None,
                        perm: torch.Tensor | None) -> torch.Tensor:
@@ -27,7 +28,7 @@ def _(x, qweight, zeros, scales, bits, group_size, bias, perm):
     return x.new_empty(*x.shape[:-1], qweight.shape[1])
 
 
-@torch.library.custom_op("starcoder::int4pack_mm_cpu", mutates_args=())
+@library.custom_op("starcoder::int4pack_mm_cpu", mutates_args=())
 def int4pack_mm_cpu(x: torch.Tensor, packed: torch.Tensor, group_size: int,
                     scale_and_zeros: torch.Tensor) -> torch.Tensor:
     """The CPU packed-int4 matmul behind an op inductor calls as it is: x: [M, K] -> [M, N]."""

@@ -9,7 +9,7 @@ import pytest
 
 from api import create_api
 from backend.engine import Engine
-from backend.settings import Settings
+from backend.settings import DEFAULTS, Settings
 from tests.helpers.serving import API_KEY, N_POSITIONS, RecordingEngine, make_client, serve, write_tiny_model  # noqa: F401
 
 
@@ -61,3 +61,14 @@ def empty_url(empty_engine, settings) -> Iterator[str]:
 @pytest.fixture()
 def client(base_url) -> openai.OpenAI:
     return make_client(base_url)
+
+
+@pytest.fixture(scope="session")
+def demo_api(demo_dir, tmp_path_factory):
+    """The shipped demo model behind a live API (loaded once for every test that uses it)."""
+    engine = Engine(demo_dir.parent)
+    engine.load(demo_dir.name, device="cpu")
+    # the built-in defaults, not whatever a user saved for the demo model in models/config-user.yaml
+    settings = Settings(dict(DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
+    with serve(create_api(engine, settings)) as url:
+        yield engine, url

@@ -3,26 +3,12 @@ from __future__ import annotations
 
 import httpx
 import openai
-import pytest
 
-from api import create_api
-from backend.engine import Engine
 from backend.generate import GenerationParams
-from backend.settings import DEFAULTS, GENERATION_KEYS, Settings
-from tests.helpers.serving import serve
+from backend.settings import DEFAULTS, GENERATION_KEYS
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 SUFFIX = "\n\nprint(fibonacci(10))\n"
-
-
-@pytest.fixture(scope="module")
-def demo_api(demo_dir, tmp_path_factory):
-    engine = Engine(demo_dir.parent)
-    engine.load(demo_dir.name, device="cpu")
-    # the built-in defaults, not whatever a user saved for the demo model in models/config-user.yaml
-    settings = Settings(dict(DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
-    with serve(create_api(engine, settings)) as url:
-        yield engine, url
 
 
 def test_fim_returns_the_engines_middle_and_nothing_else(demo_api, demo_dir):

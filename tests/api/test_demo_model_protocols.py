@@ -5,26 +5,14 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 
-from api import create_api
 from backend.engine import Engine
 from backend.generate import GenerationParams
-from backend.settings import DEFAULTS, GENERATION_KEYS, Settings
-from tests.helpers.serving import serve
+from backend.settings import DEFAULTS, GENERATION_KEYS
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 SUFFIX = "\n\nprint(fibonacci(10))\n"
 FIM = f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
-
-
-@pytest.fixture(scope="module")
-def demo(demo_dir, tmp_path_factory):
-    engine = Engine(demo_dir.parent)
-    engine.load(demo_dir.name, device="cpu")
-    settings = Settings(dict(DEFAULTS), tmp_path_factory.mktemp("settings") / "config-user.yaml")
-    with serve(create_api(engine, settings)) as url:
-        yield engine, url
 
 
 def middle(engine: Engine, **overrides) -> str:
@@ -32,8 +20,8 @@ def middle(engine: Engine, **overrides) -> str:
     return "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
 
 
-def test_chat_works_and_max_tokens_is_capped(demo):
-    engine, url = demo
+def test_chat_works_and_max_tokens_is_capped(demo_api):
+    engine, url = demo_api
     context = engine.loaded.info.n_positions
     body = {"model": "starcoder", "max_tokens": 4096, "seed": 1,
             "messages": [{"role": "user", "content": "hi"}]}
@@ -46,8 +34,8 @@ def test_chat_works_and_max_tokens_is_capped(demo):
     assert ollama.status_code == 200 and ollama.json()["done"] is True
 
 
-def test_tgi_as_llm_vscode(demo):
-    engine, url = demo
+def test_tgi_as_llm_vscode(demo_api):
+    engine, url = demo_api
     out = httpx.post(f"{url}/generate", timeout=300, json={
         "inputs": FIM, "parameters": {"max_new_tokens": 24, "temperature": 0.2, "top_p": 0.95, "seed": 7,
                                       "details": True}})
@@ -56,8 +44,8 @@ def test_tgi_as_llm_vscode(demo):
                                                   top_k=0, seed=7)
 
 
-def test_llama_cpp_infill_as_llama_vscode(demo):
-    engine, url = demo
+def test_llama_cpp_infill_as_llama_vscode(demo_api):
+    engine, url = demo_api
     body = {"input_prefix": PREFIX + "    ", "input_suffix": SUFFIX, "input_extra": [], "prompt": "",
             "n_predict": 4096, "n_indent": 4, "t_max_predict_ms": 1, "top_k": 40, "top_p": 0.99,
             "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True, "stream": False}
@@ -72,8 +60,8 @@ def test_llama_cpp_infill_as_llama_vscode(demo):
         assert all(not line.strip() or line.startswith("    ") for line in lines[1:])
 
 
-def test_ollama_fim_as_continue(demo):
-    engine, url = demo
+def test_ollama_fim_as_continue(demo_api):
+    engine, url = demo_api
     body = {"model": "starcoder", "prompt": PREFIX, "suffix": SUFFIX, "stream": True,
             "options": {"num_predict": 24, "temperature": 0.01, "top_p": 0.95, "seed": 2, "num_ctx": 8192}}
     with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=300) as response:
@@ -83,8 +71,8 @@ def test_ollama_fim_as_continue(demo):
                                                                  top_p=0.95, seed=2)
 
 
-def test_tabby_and_llama_cpp_completion(demo):
-    engine, url = demo
+def test_tabby_and_llama_cpp_completion(demo_api):
+    engine, url = demo_api
     tabby = httpx.post(f"{url}/v1/completions", timeout=300, json={
         "language": "python", "segments": {"prefix": PREFIX, "suffix": SUFFIX}, "seed": 3})
     assert tabby.status_code == 200 and tabby.json()["choices"][0]["text"] == middle(

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import api_warning, create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.helpers.serving import API_KEY, make_client, serve
+from tests.helpers.serving import API_KEY, ended_run, make_client, serve
 
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"
 EXTRA = [{"filename": "geometry/const.py", "text": "PI = 3.14159"}]
@@ -185,11 +185,7 @@ def test_two_clients_at_once_both_finish(base_url):
 
 
 def _wait_cancelled(engine, before: int) -> dict:
-    deadline = time.monotonic() + 10
-    while len(engine.runs) <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    record = engine.runs[before]
-    assert record["done"].wait(10), "the generation kept running after its client left"
+    record = ended_run(engine, before)
     return record
 
 

@@ -3,13 +3,12 @@ n_predict 0 and capping, n_indent and t_max_predict_ms, /health, /props, auth an
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 
 from api.llamacpp import _indent_cut, _limited
 from backend.generate import Chunk
-from tests.helpers.serving import API_KEY
+from tests.helpers.serving import API_KEY, ended_run
 
 FIM = "<fim_prefix>def area(r):\n<fim_suffix>\n    return result\n<fim_middle>"
 # Continue's llama.cpp provider: the FIM template rendered into `prompt`, streamed
@@ -109,11 +108,7 @@ def test_client_leaving_a_completion_stream_cancels_it(base_url, engine):
                       timeout=60) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data: "))
-    deadline = time.monotonic() + 10
-    while len(engine.runs) <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    record = engine.runs[before]
-    assert record["done"].wait(10), "the generation kept running after its client left"
+    record = ended_run(engine, before)
     assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500
 
 

@@ -3,7 +3,6 @@ streams parsed as Ollama frames them (NDJSON, the last line `done` with its coun
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 from starlette.responses import PlainTextResponse
@@ -11,7 +10,7 @@ from starlette.responses import PlainTextResponse
 from api import create_api
 from backend.generate import GenerationParams
 from backend.settings import GENERATION_KEYS
-from tests.helpers.serving import API_KEY, serve
+from tests.helpers.serving import API_KEY, ended_run, serve
 
 PREFIX, SUFFIX = "def area(r):\n", "\n    return result\n"
 # Continue's autocomplete through the ollama provider, once /api/show's template has `.Suffix`
@@ -125,9 +124,5 @@ def test_client_leaving_the_stream_cancels_generation(base_url, engine):
     with httpx.stream("POST", f"{base_url}/api/generate", json=body, timeout=60) as response:
         lines = response.iter_lines()
         next(lines)
-    deadline = time.monotonic() + 10
-    while len(engine.runs) <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    record = engine.runs[before]
-    assert record["done"].wait(10), "the generation kept running after its client left"
+    record = ended_run(engine, before)
     assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500

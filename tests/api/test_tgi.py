@@ -3,12 +3,11 @@ Continue's huggingface-tgi provider send; the stream parsed as TGI frames it (SS
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 
 from backend.generate import GenerationParams
-from tests.helpers.serving import API_KEY
+from tests.helpers.serving import API_KEY, ended_run
 
 FIM = "<fim_prefix>def area(r):\n<fim_suffix>\n    return result\n<fim_middle>"
 # llm-vscode's default request body, with llm-ls's inputs (the FIM prompt) around it
@@ -125,9 +124,5 @@ def test_client_leaving_the_stream_cancels_generation(base_url, engine):
             seen += line.startswith("data:")
             if seen == 2:
                 break
-    deadline = time.monotonic() + 10
-    while len(engine.runs) <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    record = engine.runs[before]
-    assert record["done"].wait(10), "the generation kept running after its client left"
+    record = ended_run(engine, before)
     assert record["last"].finish_reason == "cancelled" and record["last"].completion_tokens < 1500

@@ -85,3 +85,13 @@ def serve(app) -> Iterator[str]:
 def make_client(url: str, key: str = "unused") -> openai.OpenAI:
     # no retries: the tests check the first answer (the client would otherwise retry 5xx)
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def ended_run(engine: RecordingEngine, before: int, timeout: float = 10.0) -> dict:
+    """The first generation started after `before` runs, once it has ended; fails if it keeps running."""
+    deadline = time.monotonic() + timeout
+    while len(engine.runs) <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record = engine.runs[before]
+    assert record["done"].wait(timeout), "the generation kept running after its client left"
+    return record
