@@ -55,6 +55,17 @@ def _new_model(args, tok):
     return GPTBigCodeForCausalLM(config)
 
 
+def _init_from(model, folder: Path) -> None:
+    """Start from an earlier demo model (its GPTQ weights, dequantized): positions it lacks take its
+    learned ones in turn, so the full-context phase starts from something better than noise."""
+    from backend.loader import load_dequantized
+
+    state = load_dequantized(folder).state_dict()
+    wpe = state["transformer.wpe.weight"]
+    state["transformer.wpe.weight"] = wpe[torch.arange(model.config.n_positions) % wpe.shape[0]].clone()
+    model.load_state_dict(state)
+
+
 def _site(args) -> Path | None:
     return None if args.package_share <= 0 else args.site_packages
 
@@ -75,6 +86,8 @@ def train(args) -> None:
     weights = [len(d) * (1 - share) / n_std for d in std] + [len(d) * share / max(1, n_pkg) for d in pkg]
     sampler = FimSampler(tok, std + pkg, args.seqlen, seed=args.seed, weights=weights)
     model = _new_model(args, tok)
+    if args.init:
+        _init_from(model, args.init)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters; training tokens: {n_std / 1e6:.2f}M stdlib "
           f"({len(std)} files), {n_pkg / 1e6:.2f}M packages ({len(pkg)} files)", flush=True)
@@ -114,10 +127,10 @@ def train(args) -> None:
             model.save_pretrained(args.work / "fp32-partial")
             saved = time.time()
     model.save_pretrained(args.work / "fp32")
-    tok.save_pretrained(args.work / "fp32")
     info = {"steps": step, "batch_size": args.batch_size, "seqlen": args.seqlen, "final_loss_ema": round(ema, 4),
             "long_from_step": long_from, "long_seqlen": args.n_positions - 1, "long_batch_size": args.long_batch_size,
-            "tokens": tokens, "lr": args.lr, "threads": args.threads,
+            "tokens": tokens, "lr": args.lr, "warmup": args.warmup, "threads": args.threads,
+            "init": args.init.name if args.init else None,
             "train_minutes": round((time.time() - start) / 60, 1), "parameters": n_params,
             "data": {"stdlib_files": len(std), "stdlib_tokens": n_std, "package_files": len(pkg),
                      "package_tokens": n_pkg, "package_share": share,
@@ -146,7 +159,9 @@ def quantize(args) -> None:
     from transformers import GPTBigCodeForCausalLM
 
     torch.manual_seed(args.seed)
-    tok = _load_tokenizer(args.work / "fp32")
+    # the tokenizer as built (and shipped): a re-saved copy loses the digit-splitting pre-tokenizer, and
+    # held-out text cut by it gives other tokens than the model was trained on
+    tok = _load_tokenizer(args.work / "tokenizer")
     model = GPTBigCodeForCausalLM.from_pretrained(args.work / "fp32", dtype=torch.float32).eval()
     train_files, held_out = split_corpus(args.held_out_percent)
     windows = eval_windows(tok, [t for _, t in held_out], args.eval_seqlen, args.eval_windows)
@@ -194,8 +209,12 @@ def evaluate(args) -> None:
     held = [t for _, t in corpus["held_out"]]
     n_ctx = model.config.n_positions
     full = eval_windows(tok, held, n_ctx, results["eval_tokens"] // n_ctx)
-    ppl = {"stdlib_shipped": perplexity(model, eval_windows(tok, held, args.eval_seqlen, args.eval_windows)),
+    windows = eval_windows(tok, held, args.eval_seqlen, args.eval_windows)
+    ppl = {"stdlib_shipped": perplexity(model, windows),
            f"stdlib_shipped_{n_ctx}_context": perplexity(model, full, batch_size=2)}
+    # per byte of the predicted text, so models with other tokenizers compare too
+    n_bytes = sum(len(tok.decode(w[1:]).encode("utf-8")) for w in windows)
+    results["stdlib_bits_per_byte"] = math.log2(ppl["stdlib_shipped"]) * sum(len(w) - 1 for w in windows) / n_bytes
     if corpus["held_out_packages"]:
         pkg = eval_windows(tok, [t for _, t in corpus["held_out_packages"]], args.eval_seqlen, args.eval_windows)
         ppl["packages_shipped"] = perplexity(model, pkg)
@@ -247,6 +266,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--minutes", type=float, default=104.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from an earlier demo model folder (same layers and width; more positions allowed)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nsamples", type=int, default=32, help="GPTQ calibration windows")
     parser.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window")

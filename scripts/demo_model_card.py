@@ -81,7 +81,7 @@ and tokens as earlier versions of this model: split by a hash of the file's path
 | unquantized (fp32) | {ppl["fp32"]:.3f} |
 | RTN 4-bit, group -1 | {ppl["rtn_4bit"]:.3f} |
 | GPTQ 4-bit, group -1, act-order | {ppl["gptq_4bit"]:.3f} |
-| GPTQ, as shipped (read back by the app's loader) | {ppl["stdlib_shipped"]:.3f} |
+| GPTQ, as shipped (read back by the app's loader) | {ppl["stdlib_shipped"]:.3f} ({results["stdlib_bits_per_byte"]:.3f} bits per byte) |
 | GPTQ, the same tokens in windows of {n_ctx} | {ppl[f"stdlib_shipped_{n_ctx}_context"]:.3f} |
 {pkg_ppl}
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
