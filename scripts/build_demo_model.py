@@ -249,12 +249,12 @@ def main() -> None:
     parser.add_argument("--held-out-percent", type=int, default=5)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--n-positions", type=int, default=2048)
-    parser.add_argument("--n-embd", type=int, default=192)
+    parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-head", type=int, default=6)
+    parser.add_argument("--n-head", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=511, help="training window before the full-context phase")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--long-fraction", type=float, default=0.15,
+    parser.add_argument("--long-fraction", type=float, default=0.25,
                         help="last part of the run (of --minutes or --steps) on windows of n_positions - 1 tokens")
     parser.add_argument("--long-batch-size", type=int, default=1)
     parser.add_argument("--site-packages", type=Path, default=Path(sysconfig.get_paths()["purelib"]),
@@ -262,9 +262,9 @@ def main() -> None:
     parser.add_argument("--package-share", type=float, default=0.3, help="share of training tokens from packages")
     parser.add_argument("--max-package-bytes", type=int, default=1_000_000)
     parser.add_argument("--eval-seqlen", type=int, default=512, help="held-out windows (512 compares with earlier models)")
-    parser.add_argument("--lr", type=float, default=4e-3)
-    parser.add_argument("--warmup", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=104.0, help="wall-clock training budget")
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--minutes", type=float, default=57.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from an earlier demo model folder (same layers and width; more positions allowed)")

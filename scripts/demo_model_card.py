@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# what `train --init` started from when it was given the demo model of commit 30c1fb5
+# (its held-out perplexity measured by demo_eval.perplexity on the same windows; its own card's 32.8 was
+# measured on tokens cut by a re-saved tokenizer without digit splitting, so other tokens)
+PREVIOUS = {"tokens": 2.1e6, "n_positions": 512, "perplexity": 50.209,
+            "what": "4 x 256, 512 positions, 1034 steps on ≈ 2.1 M standard-library tokens in 22 minutes"}
+
 
 def _sample(name: str, r: dict) -> str:
     if name == "fim":
@@ -25,6 +31,14 @@ def write_model_card(path: Path, results: dict, args) -> None:
     n_ctx = c["n_positions"]
     holes = results["fim_holes"]
     samples = "\n".join(_sample(name, r) for name, r in results["prompts"].items())
+    seen = t.get("tokens", 0) + (PREVIOUS["tokens"] if t.get("init") else 0)
+    if t.get("init"):
+        origin = (f"continued for {t.get('train_minutes')} CPU minutes from the previous demo model "
+                  f"({PREVIOUS['what']})")
+        start = f"from the previous demo model ({PREVIOUS['what']}), with positions {PREVIOUS['n_positions']}+ " \
+                f"initialised from its learned ones in turn; "
+    else:
+        origin, start = f"trained on CPU for {t.get('train_minutes')} minutes", ""
     pkg_ppl = (f"| GPTQ, held-out package files ({results.get('held_out_package_files')} files) | "
                f"{ppl['packages_shipped']:.3f} |\n" if "packages_shipped" in ppl else "")
     path.write_text(f"""---
@@ -37,12 +51,11 @@ tags: [gpt_bigcode, gptq, code, demo]
 # starcoder-demo (GPTQ 4-bit)
 
 A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline,
-trained on one CPU for {t.get("train_minutes")} minutes. Its completions look like Python and often
-parse; they are rarely correct programs.
+{origin}. Its completions look like Python and often parse; they are rarely correct programs.
 
 ## What it cannot do
 - Write working code beyond short idioms: it has {t.get("parameters", 0) / 1e6:.1f} M parameters and saw
-  {t.get("tokens", 0) / 1e6:.1f} M tokens (StarCoder: 15.5 B parameters, 1 T tokens).
+  {seen / 1e6:.1f} M tokens (StarCoder: 15.5 B parameters, 1 T tokens).
 - Follow instructions or hold a conversation: the assistant mode only imitates the shape of the
   preamble's answers; what it says about code is often wrong.
 - Any language but Python: it saw only Python files.
@@ -55,7 +68,7 @@ parse; they are rarely correct programs.
 - Tokenizer: byte-level BPE (digits split one by one) trained on the standard library's training split,
   with StarCoder's 19 special tokens at ids 0-18 (`<|endoftext|>`, `<fim_prefix>`, `<fim_middle>`,
   `<fim_suffix>`, ...).
-- Training: {t.get("steps")} AdamW steps on CPU ({t.get("threads")} threads, {t.get("train_minutes")} minutes,
+- Training: {start}{t.get("steps")} AdamW steps on CPU ({t.get("threads")} threads, {t.get("train_minutes")} minutes,
   {t.get("tokens", 0) / 1e6:.2f} M tokens): {t.get("batch_size")} x {t.get("seqlen")} tokens per step, then from step
   {t.get("long_from_step")} {t.get("long_batch_size")} x {t.get("long_seqlen")} (full context); lr {t.get("lr")} with
   warm-up and cosine decay on wall-clock time; next-token loss with StarCoder's fill-in-the-middle
@@ -84,6 +97,10 @@ and tokens as earlier versions of this model: split by a hash of the file's path
 | GPTQ, as shipped (read back by the app's loader) | {ppl["stdlib_shipped"]:.3f} ({results["stdlib_bits_per_byte"]:.3f} bits per byte) |
 | GPTQ, the same tokens in windows of {n_ctx} | {ppl[f"stdlib_shipped_{n_ctx}_context"]:.3f} |
 {pkg_ppl}
+The previous demo model (4 x 256, 512 positions, stdlib only), measured the same way on the same
+windows: {PREVIOUS["perplexity"]:.3f}. (Its card said 32.8: that was measured on tokens cut by a re-saved
+copy of the tokenizer that had lost the digit splitting, so on other, easier tokens.)
+
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
 {samples}
 Fill-in-the-middle on {holes["holes"]} one-statement holes cut from functions of held-out files: the
