@@ -159,8 +159,7 @@ def quantize(args) -> None:
     from transformers import GPTBigCodeForCausalLM
 
     torch.manual_seed(args.seed)
-    # the tokenizer as built (and shipped): a re-saved copy loses the digit-splitting pre-tokenizer, and
-    # held-out text cut by it gives other tokens than the model was trained on
+    # the tokenizer exactly as training loaded it (see below: what ships must cut text the same way)
     tok = _load_tokenizer(args.work / "tokenizer")
     model = GPTBigCodeForCausalLM.from_pretrained(args.work / "fp32", dtype=torch.float32).eval()
     train_files, held_out = split_corpus(args.held_out_percent)
@@ -187,6 +186,10 @@ def quantize(args) -> None:
     qmodel.generation_config.update(**GENERATION_DEFAULTS)
     save_quantized(args.out, qmodel, layers, cfg, damp_percent=args.damp_percent,
                    model_name_or_path=None, tokenizer=args.work / "tokenizer")
+    # transformers loads the built folder (no config.json) with GPT-2's plain byte-level pre-tokenizer,
+    # not the digit splitting written in its tokenizer.json, and that is what training saw; ship that
+    # tokenization, so the app cuts text as the model was trained (tests/scripts/test_demo_model.py)
+    tok.backend_tokenizer.save(str(args.out / "tokenizer.json"))
     train_info = json.loads((args.work / "train.json").read_text()) if (args.work / "train.json").is_file() else {}
     results["train"] = {k: v for k, v in train_info.items() if k != "loss_log"}
     results["config"] = {k: getattr(model.config, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer",

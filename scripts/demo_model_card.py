@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 # what `train --init` started from when it was given the demo model of commit 30c1fb5
-# (its held-out perplexity measured by demo_eval.perplexity on the same windows; its own card's 32.8 was
-# measured on tokens cut by a re-saved tokenizer without digit splitting, so other tokens)
-PREVIOUS = {"tokens": 2.1e6, "n_positions": 512, "perplexity": 50.209,
+# (its held-out perplexity by demo_eval.perplexity on the same text, cut by its shipped tokenizer and by the
+# tokenization it was trained with)
+PREVIOUS = {"tokens": 2.1e6, "n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820,
             "what": "4 x 256, 512 positions, 1034 steps on ≈ 2.1 M standard-library tokens in 22 minutes"}
 
 
@@ -65,7 +65,7 @@ A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for tryi
 ## Model
 - Architecture: GPTBigCode, {c["n_layer"]} layers, hidden {c["n_embd"]}, {c["n_head"]} heads (multi-query:
   one K/V head), MLP {c["n_inner"]}, {n_ctx} positions, vocabulary {c["vocab_size"]}, tied embeddings.
-- Tokenizer: byte-level BPE (digits split one by one) trained on the standard library's training split,
+- Tokenizer: byte-level BPE (GPT-2 pre-tokenization) trained on the standard library's training split,
   with StarCoder's 19 special tokens at ids 0-18 (`<|endoftext|>`, `<fim_prefix>`, `<fim_middle>`,
   `<fim_suffix>`, ...).
 - Training: {start}{t.get("steps")} AdamW steps on CPU ({t.get("threads")} threads, {t.get("train_minutes")} minutes,
@@ -98,8 +98,9 @@ and tokens as earlier versions of this model: split by a hash of the file's path
 | GPTQ, the same tokens in windows of {n_ctx} | {ppl[f"stdlib_shipped_{n_ctx}_context"]:.3f} |
 {pkg_ppl}
 The previous demo model (4 x 256, 512 positions, stdlib only), measured the same way on the same
-windows: {PREVIOUS["perplexity"]:.3f}. (Its card said 32.8: that was measured on tokens cut by a re-saved
-copy of the tokenizer that had lost the digit splitting, so on other, easier tokens.)
+windows: {PREVIOUS["perplexity"]:.3f} with the tokenizer as it shipped then (whose tokenizer.json split digits
+one by one, which the model never saw in training), {PREVIOUS["perplexity_as_trained"]:.3f} with the tokenization
+it was trained with (what this model's tokenizer.json now does).
 
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
 {samples}
