@@ -51,7 +51,7 @@ tags: [gpt_bigcode, gptq, code, demo]
 # starcoder-demo (GPTQ 4-bit)
 
 A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline,
-{origin}. Its completions look like Python and often parse; they are rarely correct programs.
+{origin}. Its completions have Python's words and indentation but mostly do not parse; they are not working programs.
 
 ## What it cannot do
 - Write working code beyond short idioms: it has {t.get("parameters", 0) / 1e6:.1f} M parameters and saw
