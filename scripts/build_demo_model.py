@@ -6,8 +6,10 @@ import copy
 import json
 import math
 import sys
+import sysconfig
 import tempfile
 import time
+from array import array
 from pathlib import Path
 
 import torch
@@ -17,14 +19,15 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from backend.quant_config import QuantConfig  # noqa: E402
 from quantizer.quantize import quantize_model, sample_calibration, save_quantized  # noqa: E402
-from demo_data import FimSampler, eval_windows, split_corpus, train_tokenizer  # noqa: E402
+from demo_data import FimSampler, build_corpus, eval_windows, split_corpus, train_tokenizer  # noqa: E402
+from demo_eval import fill_holes, fim_holes, fixed_prompts, perplexity  # noqa: E402
+from demo_model_card import write_model_card  # noqa: E402
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "starcoder-demo-build"
-# no trailing newline after a colon: the BPE joins a newline with the next line's indentation, so a
-# bare "\n" token at the end of a prompt announces an unindented line
-PROMPTS = ["def fibonacci(n):", "import os\n", "class Stack:\n    def __init__(self):",
-           "def read_lines(path):\n    with open(path) as f:"]
-FIM_EXAMPLE = ("def add(a, b):\n    ", "\n\n\ndef sub(a, b):\n    return a - b\n")
+# the model's own generation defaults (generation_config.json), below a user's saved settings: near-greedy
+# sampling, and a repetition penalty that keeps a tiny model out of loops of one line
+GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.95, "top_k": 40,
+                       "repetition_penalty": 1.2, "no_repeat_ngram_size": 0, "max_new_tokens": 128}
 
 
 def build_tokenizer(args) -> None:
@@ -52,44 +55,87 @@ def _new_model(args, tok):
     return GPTBigCodeForCausalLM(config)
 
 
+def _init_from(model, folder: Path) -> None:
+    """Start from an earlier demo model (its GPTQ weights, dequantized): positions it lacks take its
+    learned ones in turn, so the full-context phase starts from something better than noise."""
+    from backend.loader import load_dequantized
+
+    state = load_dequantized(folder).state_dict()
+    wpe = state["transformer.wpe.weight"]
+    state["transformer.wpe.weight"] = wpe[torch.arange(model.config.n_positions) % wpe.shape[0]].clone()
+    model.load_state_dict(state)
+
+
+def _site(args) -> Path | None:
+    return None if args.package_share <= 0 else args.site_packages
+
+
+def _tokenize(tok, files: list[tuple[str, str]]) -> list[array]:
+    # uint16 arrays: a few million tokens as Python lists would cost ~40 bytes each
+    return [array("H", ids) for ids in tok([t for _, t in files]).input_ids] if files else []
+
+
 def train(args) -> None:
     torch.manual_seed(args.seed)
     tok = _load_tokenizer(args.work / "tokenizer")
-    train_files, _ = split_corpus(args.held_out_percent)
-    docs = [tok.encode(text) for _, text in train_files]
-    sampler = FimSampler(tok, docs, args.seqlen, seed=args.seed)
+    corpus = build_corpus(_site(args), args.held_out_percent, args.max_package_bytes)
+    std, pkg = _tokenize(tok, corpus["stdlib"]), _tokenize(tok, corpus["packages"])
+    n_std, n_pkg = sum(map(len, std)), sum(map(len, pkg))
+    # stdlib and package documents drawn with shares (1 - package_share) and package_share of the tokens
+    share = args.package_share if pkg else 0.0
+    weights = [len(d) * (1 - share) / n_std for d in std] + [len(d) * share / max(1, n_pkg) for d in pkg]
+    sampler = FimSampler(tok, std + pkg, args.seqlen, seed=args.seed, weights=weights)
     model = _new_model(args, tok)
+    if args.init:
+        _init_from(model, args.init)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters, {sum(map(len, docs)) / 1e6:.2f}M training tokens", flush=True)
+    print(f"model: {n_params / 1e6:.2f}M parameters; training tokens: {n_std / 1e6:.2f}M stdlib "
+          f"({len(std)} files), {n_pkg / 1e6:.2f}M packages ({len(pkg)} files)", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     # --steps gives a step-based schedule (bit-reproducible); otherwise the schedule runs on wall-clock
-    # time and training stops when --minutes is spent, so the step count depends on the machine's speed
+    # time and training stops when --minutes is spent, so the step count depends on the machine's speed.
+    # The last --long-fraction of the run trains on full-context windows so every position is learned.
     budget = args.minutes * 60
-    start, step, log, ema = time.time(), 0, [], None
+    start, step, log, ema, tokens, long_from = time.time(), 0, [], None, 0, None
+    saved = start
     while step < args.steps if args.steps else time.time() - start < budget:
         progress = step / args.steps if args.steps else (time.time() - start) / budget
+        if long_from is None and progress >= 1 - args.long_fraction:
+            long_from, sampler.seqlen = step, args.n_positions - 1
+            print(f"step {step}: full-context windows of {sampler.seqlen} tokens from now on", flush=True)
+        batch_size = args.batch_size if long_from is None else args.long_batch_size
         lr = _lr(step, progress, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = torch.tensor([sampler.sequence() for _ in range(args.batch_size)])
+        batch = torch.tensor([sampler.sequence() for _ in range(batch_size)])
         loss = model(input_ids=batch, labels=batch).loss  # labels are shifted inside the model
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        step += 1
+        step, tokens = step + 1, tokens + batch.numel() - batch_size
         if step % 25 == 0:
-            log.append({"step": step, "loss": round(ema, 4), "minutes": round((time.time() - start) / 60, 2)})
-            print(f"step {step} loss {loss.item():.3f} (ema {ema:.3f}) lr {lr:.2e} "
+            log.append({"step": step, "loss": round(ema, 4), "tokens": tokens,
+                        "minutes": round((time.time() - start) / 60, 2)})
+            print(f"step {step} loss {loss.item():.3f} (ema {ema:.3f}) lr {lr:.2e} {tokens / 1e6:.2f}M tokens "
                   f"{(time.time() - start) / 60:.1f} min", flush=True)
+        if time.time() - saved > 600:  # a crash late in a long run keeps the last ten minutes' weights
+            model.save_pretrained(args.work / "fp32-partial")
+            saved = time.time()
     model.save_pretrained(args.work / "fp32")
-    tok.save_pretrained(args.work / "fp32")
     info = {"steps": step, "batch_size": args.batch_size, "seqlen": args.seqlen, "final_loss_ema": round(ema, 4),
-            "train_minutes": round((time.time() - start) / 60, 1), "parameters": n_params, "loss_log": log}
+            "long_from_step": long_from, "long_seqlen": args.n_positions - 1, "long_batch_size": args.long_batch_size,
+            "tokens": tokens, "lr": args.lr, "warmup": args.warmup, "threads": args.threads,
+            "init": args.init.name if args.init else None,
+            "train_minutes": round((time.time() - start) / 60, 1), "parameters": n_params,
+            "data": {"stdlib_files": len(std), "stdlib_tokens": n_std, "package_files": len(pkg),
+                     "package_tokens": n_pkg, "package_share": share,
+                     "duplicates_dropped": corpus["duplicates_dropped"], "packages": corpus["provenance"]},
+            "loss_log": log}
     (args.work / "train.json").write_text(json.dumps(info, indent=2))
 
 
@@ -101,18 +147,6 @@ def _lr(step: int, progress: float, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@torch.no_grad()
-def perplexity(model, windows: list[list[int]], batch_size: int = 8) -> float:
-    model.eval()
-    nll, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        ids = torch.tensor(windows[i:i + batch_size])
-        loss = model(input_ids=ids, labels=ids).loss
-        n = ids.numel() - ids.shape[0]
-        nll, count = nll + loss.item() * n, count + n
-    return math.exp(nll / count)
-
-
 def _as_checkpoint(model) -> None:
     # a reader gets the non-quantized tensors in fp16; evaluate the quantized models with those values
     quantized = {f"{n}.weight" for n, m in model.named_modules() if n.endswith(("c_attn", "c_proj", "c_fc"))}
@@ -121,28 +155,23 @@ def _as_checkpoint(model) -> None:
             p.data = p.data.half().float()
 
 
-@torch.no_grad()
-def complete(model, tok, prompt: str, max_new_tokens: int = 48) -> str:
-    ids = tok(prompt, return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
-
-
 def quantize(args) -> None:
     from transformers import GPTBigCodeForCausalLM
 
     torch.manual_seed(args.seed)
-    tok = _load_tokenizer(args.work / "fp32")
+    # the tokenizer exactly as training loaded it (see below: what ships must cut text the same way)
+    tok = _load_tokenizer(args.work / "tokenizer")
     model = GPTBigCodeForCausalLM.from_pretrained(args.work / "fp32", dtype=torch.float32).eval()
     train_files, held_out = split_corpus(args.held_out_percent)
-    windows = eval_windows(tok, [t for _, t in held_out], model.config.n_positions, args.eval_windows)
+    windows = eval_windows(tok, [t for _, t in held_out], args.eval_seqlen, args.eval_windows)
     stream = []
-    for _, text in train_files:
-        stream += tok.encode(text) + [tok.eos_token_id]
-    calib = sample_calibration(torch.tensor(stream), args.nsamples, model.config.n_positions, args.seed)
+    for ids in _tokenize(tok, train_files):
+        stream += list(ids) + [tok.eos_token_id]
+    calib = sample_calibration(torch.tensor(stream), args.nsamples, args.calib_seqlen, args.seed)
     cfg = QuantConfig(bits=4, group_size=-1, desc_act=True, sym=True, model_file_base_name="model")
-    results = {"eval_tokens": sum(map(len, windows)), "held_out_files": len(held_out),
-               "perplexity": {"fp32": perplexity(model, windows)}}
+    results = {"eval_tokens": sum(map(len, windows)), "eval_seqlen": args.eval_seqlen,
+               "held_out_files": len(held_out), "perplexity": {"fp32": perplexity(model, windows)}}
+    print(f"fp32: perplexity {results['perplexity']['fp32']:.3f}", flush=True)
     quantized = {}
     for method in ("rtn", "gptq"):
         qmodel = copy.deepcopy(model)
@@ -153,98 +182,105 @@ def quantize(args) -> None:
         results["perplexity"][f"{method}_4bit"] = perplexity(qmodel, windows)
         quantized[method] = (qmodel, layers)
         print(f"{method}: perplexity {results['perplexity'][f'{method}_4bit']:.3f}", flush=True)
-    print(f"fp32: perplexity {results['perplexity']['fp32']:.3f}")
     qmodel, layers = quantized["gptq"]
-    out = save_quantized(args.out, qmodel, layers, cfg, damp_percent=args.damp_percent,
-                         model_name_or_path=None, tokenizer=args.work / "tokenizer")
-    results["samples"] = {p: complete(qmodel, tok, p) for p in PROMPTS}
-    fim = f"<fim_prefix>{FIM_EXAMPLE[0]}<fim_suffix>{FIM_EXAMPLE[1]}<fim_middle>"
-    results["samples"][fim] = complete(qmodel, tok, fim, 24)
+    qmodel.generation_config.update(**GENERATION_DEFAULTS)
+    save_quantized(args.out, qmodel, layers, cfg, damp_percent=args.damp_percent,
+                   model_name_or_path=None, tokenizer=args.work / "tokenizer")
+    # transformers loads the built folder (no config.json) with GPT-2's plain byte-level pre-tokenizer,
+    # not the digit splitting written in its tokenizer.json, and that is what training saw; ship that
+    # tokenization, so the app cuts text as the model was trained (tests/scripts/test_demo_model.py)
+    tok.backend_tokenizer.save(str(args.out / "tokenizer.json"))
     train_info = json.loads((args.work / "train.json").read_text()) if (args.work / "train.json").is_file() else {}
     results["train"] = {k: v for k, v in train_info.items() if k != "loss_log"}
     results["config"] = {k: getattr(model.config, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer",
                                                                  "n_head", "n_inner", "multi_query")}
-    write_model_card(out / "README.md", results, args)
-    results["files"] = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    results["calibration"] = {"windows": args.nsamples, "seqlen": args.calib_seqlen}
+    _write_report(args, results)
+    print(json.dumps({k: v for k, v in results.items() if k != "train"}, indent=2))
+
+
+def evaluate(args) -> None:
+    """Checks on the shipped folder itself (read back by the app's loader): perplexities at the comparison
+    length and at full context, the five fixed prompts, and FIM holes cut from held-out files."""
+    from backend.loader import load_dequantized
+
+    results = json.loads(args.report.read_text())
+    tok = _load_tokenizer(args.out)
+    model = load_dequantized(args.out).eval()
+    gen = json.loads((args.out / "generation_config.json").read_text())
+    corpus = build_corpus(_site(args), args.held_out_percent, args.max_package_bytes)
+    held = [t for _, t in corpus["held_out"]]
+    n_ctx = model.config.n_positions
+    full = eval_windows(tok, held, n_ctx, results["eval_tokens"] // n_ctx)
+    windows = eval_windows(tok, held, args.eval_seqlen, args.eval_windows)
+    ppl = {"stdlib_shipped": perplexity(model, windows),
+           f"stdlib_shipped_{n_ctx}_context": perplexity(model, full, batch_size=2)}
+    # per byte of the predicted text, so models with other tokenizers compare too
+    n_bytes = sum(len(tok.decode(w[1:]).encode("utf-8")) for w in windows)
+    results["stdlib_bits_per_byte"] = math.log2(ppl["stdlib_shipped"]) * sum(len(w) - 1 for w in windows) / n_bytes
+    if corpus["held_out_packages"]:
+        pkg = eval_windows(tok, [t for _, t in corpus["held_out_packages"]], args.eval_seqlen, args.eval_windows)
+        ppl["packages_shipped"] = perplexity(model, pkg)
+        results["held_out_package_files"] = len(corpus["held_out_packages"])
+    results["perplexity"].update(ppl)
+    results["generation_config"] = {k: gen[k] for k in GENERATION_DEFAULTS}
+    results["prompts"] = fixed_prompts(model, tok, gen)
+    results["fim_holes"] = fill_holes(model, tok, gen, fim_holes(corpus["held_out"], args.fim_holes, args.seed))
+    _write_report(args, results)
+    write_model_card(args.out / "README.md", results, args)
+    results["files"] = {f.name: f.stat().st_size for f in sorted(args.out.iterdir())}
+    _write_report(args, results)
+    for name, r in results["prompts"].items():
+        print(f"--- {name}: longest line run {r['longest_line_run']}, parses {r.get('parses')}\n{r['output']}")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("prompts", "fim_holes", "train")}, indent=2))
+    print(f"FIM holes: {results['fim_holes']['parse_fraction']:.2f} parse, "
+          f"{results['fim_holes']['exact_fraction']:.2f} exact")
+
+
+def _write_report(args, results: dict) -> None:
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(results, indent=2) + "\n")
-    for prompt, text in results["samples"].items():
-        print(f"--- {prompt!r}\n{text}")
-    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
-
-
-def write_model_card(path: Path, results: dict, args) -> None:
-    c, t, ppl = results["config"], results["train"], results["perplexity"]
-    samples = "\n".join(f"Prompt `{p!r}`:\n\n```\n{p}{s}\n```\n" for p, s in list(results["samples"].items())[:2])
-    path.write_text(f"""---
-license: psf-2.0
-library_name: transformers
-pipeline_tag: text-generation
-tags: [gpt_bigcode, gptq, code, demo]
----
-# starcoder-demo (GPTQ 4-bit)
-
-A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline.
-It is a toy trained for about twenty CPU minutes: its completions have Python's shape (indentation,
-`self.`, `if`, comments) but are not working code.
-
-- Architecture: GPTBigCode, {c["n_layer"]} layers, hidden {c["n_embd"]}, {c["n_head"]} heads (multi-query:
-  one K/V head), MLP {c["n_inner"]}, {c["n_positions"]} positions, vocabulary {c["vocab_size"]}, tied embeddings.
-- Tokenizer: byte-level BPE trained on the same corpus, with StarCoder's 19 special tokens at ids 0-18
-  (`<|endoftext|>`, `<fim_prefix>`, `<fim_middle>`, `<fim_suffix>`, ...).
-- Training: {t.get("steps")} steps of {t.get("batch_size")} x {t.get("seqlen")} tokens on CPU
-  ({t.get("train_minutes")} minutes), next-token loss with StarCoder's fill-in-the-middle objective (half of
-  the document windows turned into PSM or SPM). Final training loss (EMA) {t.get("final_loss_ema")}.
-- Quantization: this project's GPTQ with TheBloke's recipe: 4-bit, group size -1, act-order (desc_act),
-  symmetric, damp 0.01, true-sequential, {args.nsamples} calibration windows of {c["n_positions"]} tokens from
-  the training split. Files in AutoGPTQ's layout (`model.safetensors`, `quantize_config.json`,
-  `config.json` with `quantization_config`); non-quantized tensors in fp16; `lm_head` tied to `wte`.
-
-## Held-out perplexity
-{results["eval_tokens"]} tokens from {results["held_out_files"]} held-out standard-library files (split by file):
-
-| weights | perplexity |
-|---|---|
-| unquantized (fp32) | {ppl["fp32"]:.3f} |
-| RTN 4-bit, group -1 | {ppl["rtn_4bit"]:.3f} |
-| GPTQ 4-bit, group -1, act-order | {ppl["gptq_4bit"]:.3f} |
-
-## Samples (greedy)
-{samples}
-## Data and licence
-Trained only on the `.py` files of the CPython standard library (excluding its test suites), which is
-distributed under the Python Software Foundation License; this model is released under the same terms.
-Made by `scripts/build_demo_model.py` (see `scripts/demo-model.md` for the commands).
-""", encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("step", choices=("tokenizer", "train", "quantize", "all"))
+    parser.add_argument("step", choices=("tokenizer", "train", "quantize", "eval", "all"))
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="unquantized weights and tokenizer (outside the repo)")
     parser.add_argument("--out", type=Path, default=REPO / "models" / "starcoder-demo")
     parser.add_argument("--report", type=Path, default=REPO / "scripts" / "demo-model.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out-percent", type=int, default=5)
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--n-positions", type=int, default=512)
+    parser.add_argument("--n-positions", type=int, default=2048)
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-head", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=511, help="training sequence length (+1 target token = n_positions)")
+    parser.add_argument("--seqlen", type=int, default=511, help="training window before the full-context phase")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--long-fraction", type=float, default=0.25,
+                        help="last part of the run (of --minutes or --steps) on windows of n_positions - 1 tokens")
+    parser.add_argument("--long-batch-size", type=int, default=1)
+    parser.add_argument("--site-packages", type=Path, default=Path(sysconfig.get_paths()["purelib"]),
+                        help="where the packages of demo_data.PACKAGES are installed")
+    parser.add_argument("--package-share", type=float, default=0.3, help="share of training tokens from packages")
+    parser.add_argument("--max-package-bytes", type=int, default=1_000_000)
+    parser.add_argument("--eval-seqlen", type=int, default=512, help="held-out windows (512 compares with earlier models)")
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--minutes", type=float, default=22.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=57.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from an earlier demo model folder (same layers and width; more positions allowed)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--nsamples", type=int, default=128, help="GPTQ calibration windows")
+    parser.add_argument("--nsamples", type=int, default=32, help="GPTQ calibration windows")
+    parser.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window")
+    parser.add_argument("--fim-holes", type=int, default=50, help="held-out FIM holes in the eval step")
     parser.add_argument("--damp-percent", type=float, default=0.01)
     parser.add_argument("--eval-windows", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    for name, fn in (("tokenizer", build_tokenizer), ("train", train), ("quantize", quantize)):
+    for name, fn in (("tokenizer", build_tokenizer), ("train", train), ("quantize", quantize), ("eval", evaluate)):
         if args.step in (name, "all"):
             fn(args)
 
