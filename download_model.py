@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .bin/.pt weights when no safetensors exist (they can run code)")
     parser.add_argument("--allow-remote-code", action="store_true", help="also fetch *.py files")
+    parser.add_argument("--no-weights", action="store_true",
+                        help="tokenizer and config files only, for a model that a remote vLLM engine serves")
     args = parser.parse_args(argv)
     options = dict(token=args.token, allow_pickle=args.allow_pickle, allow_remote_code=args.allow_remote_code)
     job = None
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_listing(hub.list_files(args.repo, **options))
             return 0
         job = hub.start_download(args.repo, args.models_dir, on_progress=ProgressBar(),
-                                 specific_files=args.specific_file, threads=args.threads, **options)
+                                 specific_files=args.specific_file, threads=args.threads,
+                                 weights=not args.no_weights, **options)
         while (result := job.wait(0.5)) is None:
             pass
         note = "already up to date" if result.up_to_date else f"{len(result.files)} files"

@@ -177,6 +177,7 @@ class Engine:
     """One per process. Generation and loading take `_lock`, so requests queue instead of colliding."""
     # generation settings this engine cannot honour (the UI greys them out); the local engine honours all
     unsupported_settings: tuple[str, ...] = ()
+    needs_weights = True    # the weights are read here (a remote engine needs only tokenizer and config files)
 
     def __init__(self, models_dir: str | Path) -> None:
         self.models_dir = Path(models_dir).resolve()

@@ -54,6 +54,7 @@ def result_markdown(result: hub.DownloadResult) -> str:
 class DownloadBox:
     repo: gr.Textbox
     token: gr.Textbox
+    weights: gr.Checkbox
     download: gr.Button
     cancel: gr.Button
     progress: gr.HTML
@@ -67,21 +68,23 @@ class DownloadHandlers:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def file_list(self, repo: str, token: str) -> str:
+    def file_list(self, repo: str, token: str, weights: bool = True) -> str:
         """Markdown: the files a download would fetch, their sizes and the total."""
         try:
             listing = hub.list_files(repo, token=token or None)
         except hub.DownloadError as exc:
             return f"**Failed:** {exc}"
-        rows = [f"| {f.path} | {human_bytes(f.size)} |" for f in listing.files]
-        skipped = (f"\n\nSkipped (not needed or unsafe): {', '.join(f.path for f in listing.skipped)}"
-                   if listing.skipped else "")
+        files = listing.files if weights else hub.without_weights(listing.files)
+        left = [f.path for f in listing.skipped] + [f.path for f in listing.files if f not in files]
+        rows = [f"| {f.path} | {human_bytes(f.size)} |" for f in files]
+        skipped = f"\n\nSkipped (not needed or unsafe): {', '.join(left)}" if left else ""
         return "\n".join([f"**{listing.ref.repo_id}** at `{listing.ref.branch}` (commit `{listing.commit[:10]}`) → "
                           f"`{hub.destination(listing.ref, self.engine.models_dir).name}`", "",
                           "| file | size |", "|---|---|", *rows,
-                          f"| **total** ({len(listing.files)} files) | **{human_bytes(listing.total_size)}** |"]) + skipped
+                          f"| **total** ({len(files)} files) | **{human_bytes(sum(f.size for f in files))}** |"]) + skipped
 
-    def download(self, repo: str, token: str, current_model: str | None) -> Iterator[tuple[Any, ...]]:
+    def download(self, repo: str, token: str, current_model: str | None,
+                 weights: bool = True) -> Iterator[tuple[Any, ...]]:
         """Yields (job, progress html, result markdown, model dropdown update) until the job ends."""
         keep = gr.update()
         files: dict[str, tuple[int, int]] = {}
@@ -91,7 +94,8 @@ class DownloadHandlers:
                 files[p.filename] = (p.file_done, p.file_total)
 
         try:
-            job = hub.start_download(repo, self.engine.models_dir, token=token or None, on_progress=remember)
+            job = hub.start_download(repo, self.engine.models_dir, token=token or None, on_progress=remember,
+                                     weights=weights)
         except hub.DownloadError as exc:
             yield None, "", f"**Failed:** {exc}", keep
             return
@@ -128,6 +132,10 @@ def build_download_box(handlers: DownloadHandlers, model_dropdown: gr.Dropdown, 
                           scale=4, elem_id=f"{prefix}-repo")
         token = gr.Textbox(label="Access token (gated or private repos)", type="password", scale=2,
                            elem_id=f"{prefix}-token", visible=not compact)
+    # a remote engine's server holds the weights: by default fetch only what the app reads here
+    weights = gr.Checkbox(handlers.engine.needs_weights, label="Weights too (untick for a model a vLLM server "
+                          "serves: tokenizer and config files only)", elem_id=f"{prefix}-weights",
+                          visible=not compact or not handlers.engine.needs_weights)
     with gr.Row():
         listing = gr.Button("Get file list", elem_id=f"{prefix}-list", visible=not compact)
         download = gr.Button("Download", variant="primary", elem_id=f"{prefix}-download")
@@ -135,12 +143,12 @@ def build_download_box(handlers: DownloadHandlers, model_dropdown: gr.Dropdown, 
     progress = gr.HTML("", elem_id=f"{prefix}-progress")
     result = gr.Markdown("", elem_id=f"{prefix}-result", elem_classes="dl-tables")
     files = gr.Markdown("", elem_id=f"{prefix}-files", visible=not compact, elem_classes="dl-tables")
-    listing.click(handlers.file_list, inputs=[repo, token], outputs=files, concurrency_id="hub")
-    download.click(handlers.download, inputs=[repo, token, model_dropdown],
+    listing.click(handlers.file_list, inputs=[repo, token, weights], outputs=files, concurrency_id="hub")
+    download.click(handlers.download, inputs=[repo, token, model_dropdown, weights],
                    outputs=[job, progress, result, model_dropdown], concurrency_id="hub", concurrency_limit=2,
                    show_progress="hidden")
     cancel.click(handlers.cancel, inputs=job, outputs=result, queue=False)
-    return DownloadBox(repo, token, download, cancel, progress, result, files)
+    return DownloadBox(repo, token, weights, download, cancel, progress, result, files)
 
 
 DOWNLOAD_CSS = """

@@ -10,14 +10,14 @@ from backend.hub.errors import (
     translate_error,
 )
 from backend.hub.metadata import METADATA_FILE, read_metadata
-from backend.hub.repo import destination, list_files, parse_repo, select_files
+from backend.hub.repo import destination, is_weights, list_files, parse_repo, select_files, without_weights
 from backend.hub.types import (
     DownloadProgress, DownloadResult, HubMetadata, ProgressCallback, RemoteFile, RepoListing, RepoRef,
 )
 
 __all__ = [
     "STAGING_DIR", "METADATA_FILE",
-    "parse_repo", "destination", "list_files", "select_files", "download", "start_download", "DownloadJob",
+    "parse_repo", "destination", "list_files", "select_files", "is_weights", "without_weights", "download", "start_download", "DownloadJob",
     "read_metadata", "translate_error",
     "RepoRef", "RemoteFile", "RepoListing", "DownloadProgress", "DownloadResult", "HubMetadata", "ProgressCallback",
     "DownloadError", "InvalidRepoNameError", "AccessDeniedError", "RepoNotFoundError", "BranchNotFoundError",

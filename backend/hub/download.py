@@ -21,7 +21,7 @@ from backend.hub.errors import (
 )
 from backend.hub.metadata import METADATA_FILE, read_metadata, write_metadata
 from backend.hub.progress import Tracker, staged_size
-from backend.hub.repo import destination, endpoint_url, list_files, parse_repo, pick_files
+from backend.hub.repo import destination, endpoint_url, list_files, parse_repo, pick_files, without_weights
 from backend.hub.types import DownloadProgress, DownloadResult, ProgressCallback, RemoteFile, RepoRef
 
 STAGING_DIR = ".downloads"  # hidden, so model lists (which skip dot-folders) never show a partial model
@@ -29,16 +29,22 @@ STAGING_DIR = ".downloads"  # hidden, so model lists (which skip dot-folders) ne
 
 def download(repo: str | RepoRef, models_dir: str | Path = "models", *, token: str | None = None,
              endpoint: str | None = None, specific_files: Sequence[str] = (), threads: int = 4,
-             allow_pickle: bool = False, allow_remote_code: bool = False,
+             allow_pickle: bool = False, allow_remote_code: bool = False, weights: bool = True,
              on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
              retries: int = 4, backoff: float = 1.0) -> DownloadResult:
-    """Fetch a repo into models_dir/<user>_<model>[_<branch>]; blocks. Raises DownloadError."""
+    """Fetch a repo into models_dir/<user>_<model>[_<branch>]; blocks. Raises DownloadError.
+
+    `weights=False` fetches only the tokenizer, configs and docs (for a model a remote vLLM engine serves);
+    like `specific_files`, it adds to the folder instead of replacing it, so a later full download completes it.
+    """
     ref = parse_repo(repo) if isinstance(repo, str) else repo
     dest = destination(ref, models_dir)
     endpoint = endpoint_url(endpoint)
     listing = list_files(ref, token=token, endpoint=endpoint, allow_pickle=allow_pickle,
                          allow_remote_code=allow_remote_code)
     files = pick_files(listing, specific_files, allow_pickle, allow_remote_code)
+    if not weights:
+        files = without_weights(files)
     recorded = _recorded_sha256(dest, listing.commit, files)
     if recorded is not None:
         size = sum(f.size for f in files)
@@ -63,7 +69,7 @@ def download(repo: str | RepoRef, models_dir: str | Path = "models", *, token: s
         job.run(threads)
         hashes = {f.path: job.sha256[f.path] for f in files}
         write_metadata(staging, ref, endpoint, listing.commit, hashes)
-        _install(staging, dest, whole=not specific_files)
+        _install(staging, dest, whole=not specific_files and weights)
     finally:
         _drop_if_empty(staging)
         lock.release()

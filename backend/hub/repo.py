@@ -93,6 +93,15 @@ def select_files(names: Sequence[str], allow_pickle: bool = False,
     return picked
 
 
+def is_weights(name: str) -> bool:
+    """A weights file (safetensors or pickle): what a model served by a remote engine does not need here."""
+    return name.endswith((".safetensors",) + _PICKLE_EXTS)
+
+
+def without_weights(files: Sequence[RemoteFile]) -> list[RemoteFile]:
+    """Tokenizer, configs and docs only: all the app reads of a model that a vLLM server runs."""
+    return [f for f in files if not is_weights(f.path)]
+
 
 def _is_safe(part: str) -> bool:
     return bool(_NAME.fullmatch(part)) and ".." not in part

@@ -88,6 +88,7 @@ class RemoteEngine:
     """Same verbs as backend.engine.Engine. No global lock: up to `max_concurrency` requests run at once
     (the server batches them); each request goes to one replica, chosen by affinity, else the least busy."""
     unsupported_settings: tuple[str, ...] = tuple(name for name, _, _ in UNSUPPORTED)
+    needs_weights = False   # the server holds the weights; the folder here needs its tokenizer and config
 
     def __init__(self, models_dir: str | Path, urls: Sequence[str], api_key: str | None = None,
                  served_model: str | None = None, timeout: float = 60.0, max_concurrency: int = 64) -> None:

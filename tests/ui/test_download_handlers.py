@@ -42,3 +42,20 @@ def test_download_errors_and_cancel_are_reported(hub_env, tmp_path):
 
 def test_progress_html_before_the_first_report():
     assert "Resolving" in progress_html(None)
+
+
+def test_remote_engine_fetches_tokenizer_and_config_only(hub_env, tmp_path):
+    # the vLLM server holds the weights: the box's default leaves them out, and the folder is usable as is
+    from backend.remote.engine import RemoteEngine
+    engine = RemoteEngine(tmp_path, ["http://127.0.0.1:9"])
+    assert engine.needs_weights is False and Engine(tmp_path).needs_weights is True
+    handlers = DownloadHandlers(engine)
+    listing = handlers.file_list(HUB_REPO, "", False)
+    assert "| config.json |" in listing and "| model.safetensors |" not in listing
+    assert "Skipped (not needed or unsafe): " in listing and "model.safetensors" in listing.split("Skipped")[1]
+    result = list(handlers.download(HUB_REPO, "", None, False))[-1][2]
+    folder = tmp_path / "TheBloke_starcoder-GPTQ"
+    assert "checksums verified" in result and not (folder / "model.safetensors").exists()
+    assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    assert engine.list_models() == ["TheBloke_starcoder-GPTQ"]
+    assert engine.inspect("TheBloke_starcoder-GPTQ").n_positions > 0

@@ -54,6 +54,18 @@ def test_specific_file(server, tmp_path):
         fetch(server, tmp_path, specific_files=["pytorch_model.bin"])
 
 
+def test_without_weights_fetches_tokenizer_and_configs_then_a_full_download_completes_the_folder(server, tmp_path):
+    # a model that a remote vLLM engine serves needs only what the app reads: configs and tokenizer
+    result = fetch(server, tmp_path, weights=False)
+    on_disk = set(read_folder(result.path))
+    assert on_disk == {n for n in EXPECTED_MAIN if not hub.is_weights(n)} | {hub.METADATA_FILE}
+    assert WEIGHTS not in on_disk and "config.json" in on_disk and "quantize_config.json" in on_disk
+    assert fetch(server, tmp_path, weights=False).up_to_date
+    full = fetch(server, tmp_path)                  # adds the weights to the same folder
+    assert not full.up_to_date and set(read_folder(full.path)) == EXPECTED_MAIN | {hub.METADATA_FILE}
+    assert (full.path / WEIGHTS).read_bytes() == MAIN[WEIGHTS]
+
+
 def test_resume_after_the_server_drops_the_connection_mid_file(server, tmp_path):
     server.faults.drop_after[WEIGHTS] = 150_000
     result = fetch(server, tmp_path)
