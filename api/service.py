@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -40,6 +41,18 @@ class Service:
                 raise APIError(404, f"unknown model {requested!r}; the loaded model is {loaded.name!r} "
                                     f"(available: {', '.join(available)}).", "model", "model_not_found")
         return loaded
+
+    @staticmethod
+    def affinity(request: Request, file: str | None) -> str | None:
+        """Who asks about which file, for a remote engine's replica choice (the same client and file keep
+        hitting one server's prefix cache); None where the request names no file, and the engine keys by the
+        prompt's opening tokens instead. The client is its credential (hashed) or, without one, its address."""
+        if not file:
+            return None
+        credential = request.headers.get("authorization")
+        client = (hashlib.sha256(credential.encode()).hexdigest()[:16] if credential
+                  else request.client.host if request.client else "")
+        return f"{client}\0{file}"
 
     def saved(self, loaded: LoadedModel) -> dict[str, Any]:
         return self.settings.for_model(loaded.name, loaded.info.defaults)

@@ -27,7 +27,9 @@ async def completions(body: schemas.CompletionRequest, request: Request, svc: Se
     order = svc.saved(loaded).get("fim_order", "psm")
     prompt = await anyio.to_thread.run_sync(svc.engine.prompt_ids, segments.prefix, params, suffix, order)
     params = prompt.cap(params)
-    run = GenerationRun(request, lambda cancel: svc.engine.infill(segments.prefix, suffix, params, order, cancel))
+    affinity = svc.affinity(request, segments.filepath)
+    run = GenerationRun(request, lambda cancel: svc.engine.infill(segments.prefix, suffix, params, order, cancel,
+                                                                  affinity))
     chunks = await run.rest(await run.first())
     return {"id": schemas.new_id("cmpl"), "choices": [{"index": 0, "text": "".join(c.text for c in chunks)}]}
 

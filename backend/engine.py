@@ -337,8 +337,12 @@ class Engine:
             with self._cancels_lock:
                 self._active_cancels.discard(cancel)
 
-    def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported)."""
+    def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None,
+                 affinity: str | None = None) -> Iterator[Chunk]:
+        """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported).
+
+        `affinity` (who asks, about which file) only matters to the remote engine, which routes by it; one
+        process serves every request here."""
         def make_ids(loaded: LoadedModel):
             ids = encode(loaded.tokenizer, prompt)
             if not ids:
@@ -347,14 +351,14 @@ class Engine:
         return self._run(make_ids, params, cancel)
 
     def infill(self, prefix: str, suffix: str, params: GenerationParams, order: str = "psm",
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+               cancel: threading.Event | None = None, affinity: str | None = None) -> Iterator[Chunk]:
         """Stream the middle between `prefix` and `suffix` (fill-in-the-middle)."""
         def make_ids(loaded: LoadedModel):
             return fim_ids(loaded.tokenizer, prefix, suffix, params, loaded.info.n_positions, order)
         return self._run(make_ids, params, cancel)
 
     def chat(self, messages: list[dict], params: GenerationParams, preamble: str | None = None,
-             cancel: threading.Event | None = None) -> Iterator[Chunk]:
+             cancel: threading.Event | None = None, affinity: str | None = None) -> Iterator[Chunk]:
         """Stream the assistant's next turn, through the tech-assistant dialogue prompt fitted to the context."""
         prompt, _, params = self.chat_prompt(messages, params, preamble)
         return self.complete(prompt, params, cancel)

@@ -261,3 +261,26 @@ def test_the_api_answers_an_unreachable_engine_with_503_and_passes_an_upstream_4
     assert status == 503 and headers.get("Retry-After") and "http://x:1" in body["error"]["message"]
     status, body, _ = describe_error(RemoteRequestError("max_tokens is too large", 422))
     assert status == 422 and body["error"]["message"] == "max_tokens is too large"
+
+
+def test_the_api_routes_one_client_and_file_to_one_replica(remote_models_dir, tokenizer):
+    # Tabby names the file: however its prefix changes as the user types (a long file's prefix loses its
+    # start), that client's requests for that file stay on one server; other files spread over both
+    import httpx
+    from api import create_api
+    from backend.settings import Settings
+    a, b = FakeState(), FakeState()
+    with upstreams(tokenizer, a, b) as urls:
+        engine = engine_for(remote_models_dir, urls)
+        with serve(create_api(engine, Settings.load(None, remote_models_dir))) as url:
+            def tabby(prefix: str, filepath: str) -> None:
+                r = httpx.post(f"{url}/v1/completions", timeout=30, json={
+                    "language": "python", "max_tokens": 1,
+                    "segments": {"prefix": prefix, "suffix": "\n", "filepath": filepath}})
+                assert r.status_code == 200, r.text
+            for i in range(6):
+                tabby(f"x = {i}\n" * (i + 1), "src/app.py")
+            assert sorted([len(a.bodies), len(b.bodies)]) == [0, 6]
+            for i in range(12):
+                tabby("y = 1\n", f"src/module{i}.py")
+            assert len(a.bodies) > 0 and len(b.bodies) > 0
