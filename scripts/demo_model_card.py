@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# what `train --init` started from when it was given the demo model of commit 30c1fb5
-# (its held-out perplexity by demo_eval.perplexity on the same text, cut by its shipped tokenizer and by the
-# tokenization it was trained with)
-PREVIOUS = {"tokens": 2.1e6, "n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820,
-            "what": "4 x 256, 512 positions, 1034 steps on ≈ 2.1 M standard-library tokens in 22 minutes"}
+# the earlier runs this one continues (`train --init` with the demo model of the last commit named here), and
+# the first model's held-out perplexity on the same windows (demo_eval.perplexity), with the tokenizer.json it
+# shipped (which split digits one by one, unlike its training) and with the tokenization it was trained with
+EARLIER = [{"commit": "30c1fb5", "tokens": 2.1e6, "minutes": 22.0,
+            "what": "4 x 256 at 512 positions, on the standard library only"},
+           {"commit": "6a4468c", "tokens": 1.24e6, "minutes": 57.1,
+            "what": "continued at 2048 positions with the package data, on a 2-core machine shared with other work"}]
+FIRST = {"n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820, "continued_perplexity": 28.624}
 
 
 def _sample(name: str, r: dict) -> str:
@@ -30,13 +33,18 @@ def write_model_card(path: Path, results: dict, args) -> None:
     gen = results["generation_config"]
     n_ctx = c["n_positions"]
     holes = results["fim_holes"]
+    parsed = sum(bool(r.get("parses")) for r in results["prompts"].values())
     samples = "\n".join(_sample(name, r) for name, r in results["prompts"].items())
-    seen = t.get("tokens", 0) + (PREVIOUS["tokens"] if t.get("init") else 0)
-    if t.get("init"):
-        origin = (f"continued for {t.get('train_minutes')} CPU minutes from the previous demo model "
-                  f"({PREVIOUS['what']})")
-        start = f"from the previous demo model ({PREVIOUS['what']}), with positions {PREVIOUS['n_positions']}+ " \
-                f"initialised from its learned ones in turn; "
+    earlier = EARLIER if t.get("init") else []
+    seen = t.get("tokens", 0) + sum(run["tokens"] for run in earlier)
+    minutes = t.get("train_minutes", 0) + sum(run["minutes"] for run in earlier)
+    if earlier:
+        chain = "; ".join(f"{run['what']}: {run['tokens'] / 1e6:.2f} M tokens in {run['minutes']:.0f} min "
+                          f"(commit {run['commit']})" for run in earlier)
+        origin = (f"trained on CPU in three runs, each continuing the last ({minutes:.0f} minutes and "
+                  f"{seen / 1e6:.1f} M tokens in all; this last run {t.get('train_minutes')} minutes)")
+        start = (f"from the previous demo model, itself made in two runs ({chain}); positions 512+ were "
+                 f"initialised from the first model's learned ones in turn. This run: ")
     else:
         origin, start = f"trained on CPU for {t.get('train_minutes')} minutes", ""
     pkg_ppl = (f"| GPTQ, held-out package files ({results.get('held_out_package_files')} files) | "
@@ -51,7 +59,9 @@ tags: [gpt_bigcode, gptq, code, demo]
 # starcoder-demo (GPTQ 4-bit)
 
 A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline,
-{origin}. Its completions have Python's words and indentation but mostly do not parse; they are not working programs.
+{origin}. Of its greedy answers to the four code prompts below, {parsed} of 4 parse as Python, and
+{holes["parse_fraction"]:.0%} of its fills of {holes["holes"]} held-out holes do; what it writes rarely does what the
+names promise. It shows the app working offline; it is not a coding assistant.
 
 ## What it cannot do
 - Write working code beyond short idioms: it has {t.get("parameters", 0) / 1e6:.1f} M parameters and saw
@@ -97,10 +107,11 @@ and tokens as earlier versions of this model: split by a hash of the file's path
 | GPTQ, as shipped (read back by the app's loader) | {ppl["stdlib_shipped"]:.3f} ({results["stdlib_bits_per_byte"]:.3f} bits per byte) |
 | GPTQ, the same tokens in windows of {n_ctx} | {ppl[f"stdlib_shipped_{n_ctx}_context"]:.3f} |
 {pkg_ppl}
-The previous demo model (4 x 256, 512 positions, stdlib only), measured the same way on the same
-windows: {PREVIOUS["perplexity"]:.3f} with the tokenizer as it shipped then (whose tokenizer.json split digits
-one by one, which the model never saw in training), {PREVIOUS["perplexity_as_trained"]:.3f} with the tokenization
-it was trained with (what this model's tokenizer.json now does).
+The first demo model (4 x 256, 512 positions, stdlib only), measured the same way on the same
+windows: {FIRST["perplexity"]:.3f} with the tokenizer as it shipped then (whose tokenizer.json split digits
+one by one, which the model never saw in training), {FIRST["perplexity_as_trained"]:.3f} with the tokenization
+it was trained with (what this model's tokenizer.json now does); the model this run continued:
+{FIRST["continued_perplexity"]:.3f} (GPTQ).
 
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
 {samples}
