@@ -1,10 +1,12 @@
 """Prompt → tokens → streamed text: sampling, stop strings, EOS, cancellation, truncation, FIM prompts."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import threading
 import time
+import weakref
 from typing import Iterator
 
 import torch
@@ -48,13 +50,34 @@ def fit_context(ids: list[int], params: GenerationParams, n_positions: int) -> t
     return ids[-budget:], len(ids) - budget
 
 
+# A front door sizes a request (Engine.prompt_ids) before generation tokenizes it again: for a long text the
+# second pass is a lookup. Short texts tokenize in well under a millisecond and are not kept.
+LONG_TEXT_CHARS = 8192
+_RECENT_MAX = 4
+_recent: collections.OrderedDict[tuple[int, str], tuple[weakref.ref, tuple[int, ...]]] = collections.OrderedDict()
+_recent_lock = threading.Lock()
+
+
 def encode(tokenizer, text: str) -> list[int]:
     """`text`'s ids; text no tokenizer can read (a lone surrogate from JSON's \\ud800) is the client's error."""
+    key = (id(tokenizer), text) if isinstance(text, str) and len(text) >= LONG_TEXT_CHARS else None
+    if key is not None:
+        with _recent_lock:
+            hit = _recent.get(key)
+            if hit is not None and hit[0]() is tokenizer:
+                _recent.move_to_end(key)
+                return list(hit[1])
     try:
-        return tokenizer.encode(text, add_special_tokens=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
     except (UnicodeError, TypeError, ValueError) as exc:
         raise GenerationError(f"the prompt cannot be tokenized: {exc}; send valid UTF-8 text (no lone "
                               f"surrogates such as \\ud800).") from None
+    if key is not None:
+        with _recent_lock:
+            _recent[key] = (weakref.ref(tokenizer), tuple(ids))
+            while len(_recent) > _RECENT_MAX:
+                _recent.popitem(last=False)
+    return ids
 
 
 def fim_split(n_pre: int, n_suf: int, budget: int) -> tuple[int, int]:

@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from backend.engine import Engine, LoadedModel, NoModelLoaded, PromptIds, chat_prompt_for, prompt_ids_for
 from backend.errors import UserError
-from backend.generate import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Chunk, GenerationError, GenerationParams, fim_ids, fit_context
+from backend.generate import (FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Chunk, GenerationError, GenerationParams, encode,
+                              fim_ids, fit_context)
 from backend.checkpoint import folder_defaults
 from backend.loader import load_model_config, load_tokenizer
 from backend.quant_config import QuantConfig, QuantConfigError
@@ -251,13 +252,13 @@ class RemoteEngine:
         return loaded, attached
 
     def count_tokens(self, text: str) -> int:
-        return len(self._require()[0].tokenizer.encode(text, add_special_tokens=False))
+        return len(encode(self._require()[0].tokenizer, text))
 
     def complete(self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None,
                  affinity: str | None = None) -> Iterator[Chunk]:
         """Stream a continuation of `prompt`; a prompt longer than the context loses its start (reported)."""
         def make_ids(loaded: LoadedModel):
-            ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+            ids = encode(loaded.tokenizer, prompt)
             if not ids:
                 raise GenerationError("the prompt is empty; type some code or text to continue.")
             return fit_context(ids, params, loaded.info.n_positions)

@@ -44,3 +44,22 @@ def test_a_fim_prompt_counts_its_special_tokens_and_is_never_trimmed(engine):
 def test_prompt_ids_needs_a_model(tiny_models_dir):
     with pytest.raises(NoModelLoaded):
         Engine(tiny_models_dir).prompt_ids("x", GenerationParams())
+
+
+def test_a_long_prompt_is_tokenized_once_for_the_fit_check_and_generation(engine, monkeypatch):
+    # the API sizes a request with prompt_ids, then generation reads the same texts: one tokenizer pass each
+    from backend.generate import LONG_TEXT_CHARS
+    tok = engine.loaded.tokenizer
+    seen = []
+    real = type(tok).encode
+    monkeypatch.setattr(type(tok), "encode", lambda self, text, **kw: seen.append(len(text)) or real(self, text, **kw))
+    prefix, suffix = "x = 1\n" * LONG_TEXT_CHARS, "y = 2\n" * LONG_TEXT_CHARS
+    params = GenerationParams(max_new_tokens=2, temperature=0)
+    whole = engine.prompt_ids(prefix, params, suffix)
+    last = list(engine.infill(prefix, suffix, params))[-1]
+    assert sorted(seen) == sorted([len(prefix), len(suffix)])       # not twice each
+    assert last.prompt_tokens + last.truncated_tokens == len(whole.ids)
+    seen.clear()
+    assert engine.prompt_ids("def f(x):", params).ids == real(tok, "def f(x):", add_special_tokens=False)
+    list(engine.complete("def f(x):", params))
+    assert seen == [len("def f(x):")] * 2                           # short texts are not kept
