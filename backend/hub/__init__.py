@@ -17,7 +17,8 @@ from backend.hub.types import (
 
 __all__ = [
     "STAGING_DIR", "METADATA_FILE",
-    "parse_repo", "destination", "list_files", "select_files", "is_weights", "without_weights", "download", "start_download", "DownloadJob",
+    "parse_repo", "destination", "list_files", "select_files", "is_weights", "without_weights",
+    "download", "start_download", "DownloadJob",
     "read_metadata", "translate_error",
     "RepoRef", "RemoteFile", "RepoListing", "DownloadProgress", "DownloadResult", "HubMetadata", "ProgressCallback",
     "DownloadError", "InvalidRepoNameError", "AccessDeniedError", "RepoNotFoundError", "BranchNotFoundError",

@@ -28,6 +28,13 @@ def test_cli_list_download_and_failure(server, tmp_path):
     done = _cli(server, tmp_path, f"https://huggingface.co/{REPO}/tree/v2", "--models-dir", str(tmp_path), "--threads", "2")
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr and (tmp_path / "TheBloke_starcoder-GPTQ_v2" / "config.json").exists()
+    configs = _cli(server, tmp_path, REPO, "--no-weights", "--list")
+    assert configs.returncode == 0 and WEIGHTS in configs.stdout.split("skipped:")[1]
+    assert "config.json" in configs.stdout.split("skipped:")[0]
+    configs = _cli(server, tmp_path, REPO, "--no-weights", "--models-dir", str(tmp_path))
+    folder = tmp_path / "TheBloke_starcoder-GPTQ"
+    assert configs.returncode == 0, configs.stderr
+    assert (folder / "config.json").is_file() and not (folder / WEIGHTS).exists()
     failed = _cli(server, tmp_path, GATED, "--models-dir", str(tmp_path))
     assert failed.returncode == 1 and "licence" in failed.stderr and "Traceback" not in failed.stderr
     escaped = _cli(server, tmp_path, "../../etc", "--models-dir", str(tmp_path))
