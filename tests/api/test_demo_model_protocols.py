@@ -16,7 +16,9 @@ FIM = f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
 
 
 def middle(engine: Engine, **overrides) -> str:
-    params = GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS}, **overrides})
+    # what the API serves: the table's defaults, then the model folder's generation_config.json, then the request
+    folder = {k: v for k, v in engine.loaded.info.defaults.items() if k in GENERATION_KEYS}
+    params = GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS}, **folder, **overrides})
     return "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
 
 
@@ -41,7 +43,7 @@ def test_tgi_as_llm_vscode(demo_api):
                                       "details": True}})
     assert out.status_code == 200
     assert out.json()["generated_text"] == middle(engine, max_new_tokens=24, temperature=0.2, top_p=0.95,
-                                                  top_k=0, seed=7)
+                                                  top_k=0, repetition_penalty=1.0, seed=7)   # TGI: unset is off
 
 
 def test_llama_cpp_infill_as_llama_vscode(demo_api):

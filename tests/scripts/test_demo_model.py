@@ -50,3 +50,23 @@ def test_demo_tokenizer_cuts_text_as_in_training(demo_dir, tmp_path) -> None:
     text = "def f(x):\n    return x * 1234 + 0x1F\n"
     assert shipped(text).input_ids == as_trained(text).input_ids
     assert shipped.convert_ids_to_tokens(list(range(3))) == ["<|endoftext|>", "<fim_prefix>", "<fim_middle>"]
+
+
+def test_the_shipped_model_writes_code_and_prose_without_looping(demo_dir) -> None:
+    # a new user's first minute, on the folder that ships, read by the app's loader: five fixed prompts, greedy
+    # with the model's own repetition settings; no line three times in a row
+    import sys
+    from pathlib import Path
+
+    from backend.loader import load_dequantized, load_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from demo_eval import fixed_prompts
+
+    defaults = json.loads((demo_dir / "generation_config.json").read_text())
+    results = fixed_prompts(load_dequantized(demo_dir).float().eval(), load_tokenizer(demo_dir), defaults)
+    assert {name: r["longest_line_run"] for name, r in results.items()} == {name: min(2, r["longest_line_run"])
+                                                                           for name, r in results.items()}, results
+    # of the code prompts only the function's answer parses today (the model card reports each)
+    assert results["function"]["parses"], results["function"]
+    assert results["assistant"]["output"].strip(), results["assistant"]
