@@ -60,15 +60,15 @@ tags: [gpt_bigcode, gptq, code, demo]
 # starcoder-demo (GPTQ 4-bit)
 
 A tiny StarCoder-architecture model (GPTBigCode, multi-query attention) for trying the app offline,
-{origin}. Of its greedy answers to the four code prompts below, {parsed} of 4 parse as Python, and
+{origin}. Of its greedy answers to the four code prompts below, {parsed} of 4 parse as Python;
 {holes["parse_fraction"]:.0%} of its fills of {holes["holes"]} held-out holes do; what it writes rarely does what the
 names promise. It shows the app working offline; it is not a coding assistant.
 
 ## What it cannot do
 - Write working code beyond short idioms: it has {t.get("parameters", 0) / 1e6:.1f} M parameters and saw
   {seen / 1e6:.1f} M tokens (StarCoder: 15.5 B parameters, 1 T tokens).
-- Follow instructions or hold a conversation: the assistant mode only imitates the shape of the
-  preamble's answers; what it says about code is often wrong.
+- Follow instructions or hold a conversation: in the assistant mode it answers with code-like text
+  more often than with prose, and what it says about code is wrong more often than not.
 - Any language but Python: it saw only Python files.
 - Long-range use of its {n_ctx}-token context: it trained on full-length windows only in the last
   part of the run.
@@ -93,7 +93,10 @@ names promise. It shows the app working offline; it is not a coding assistant.
 - Defaults (`generation_config.json`, the app's defaults for this model below a user's saved settings):
   temperature {gen["temperature"]}, top_p {gen["top_p"]}, top_k {gen["top_k"]}, repetition_penalty
   {gen["repetition_penalty"]}, max_new_tokens {gen["max_new_tokens"]}. The repetition penalty is what keeps a
-  model this small from repeating one line.
+  model this small from repeating one line: the build's `defaults` step tried
+  {", ".join(str(c["repetition_penalty"]) for c in results.get("defaults_choice", {}).get("candidates", []))} on the five
+  prompts and on {results.get("defaults_choice", {}).get("holes")} other held-out holes than those below, and kept the
+  one with no line three times in a row and the most code that parses.
 
 ## Held-out perplexity
 {results["eval_tokens"]} tokens from {results["held_out_files"]} held-out standard-library files (the same files
