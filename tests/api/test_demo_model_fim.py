@@ -4,8 +4,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from backend.generate import GenerationParams
-from backend.settings import DEFAULTS, GENERATION_KEYS
+from tests.helpers.serving import served_params
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 SUFFIX = "\n\nprint(fibonacci(10))\n"
@@ -13,8 +12,7 @@ SUFFIX = "\n\nprint(fibonacci(10))\n"
 
 def test_fim_returns_the_engines_middle_and_nothing_else(demo_api, demo_dir):
     engine, url = demo_api
-    params = GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS},
-                                         "max_new_tokens": 48, "seed": 1234})
+    params = served_params(engine, max_new_tokens=48, seed=1234)
     middle = "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)

@@ -7,8 +7,7 @@ import json
 import httpx
 
 from backend.engine import Engine
-from backend.generate import GenerationParams
-from backend.settings import DEFAULTS, GENERATION_KEYS
+from tests.helpers.serving import served_params
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 SUFFIX = "\n\nprint(fibonacci(10))\n"
@@ -16,9 +15,7 @@ FIM = f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
 
 
 def middle(engine: Engine, **overrides) -> str:
-    # what the API serves: the table's defaults, then the model folder's generation_config.json, then the request
-    folder = {k: v for k, v in engine.loaded.info.defaults.items() if k in GENERATION_KEYS}
-    params = GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS}, **folder, **overrides})
+    params = served_params(engine, **overrides)
     return "".join(c.text for c in engine.infill(PREFIX, SUFFIX, params))
 
 

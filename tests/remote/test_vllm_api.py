@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from api import create_api
-from backend.generate import GenerationParams
 from backend.settings import Settings
-from tests.helpers.serving import serve
+from tests.helpers.serving import serve, served_params
 from tests.remote.vllm_server import SERVED_NAME
 
 pytestmark = pytest.mark.vllm
@@ -31,8 +30,9 @@ def events(response: httpx.Response) -> list[dict]:
 
 
 def local_middle(local, order: str = "psm") -> str:
-    return "".join(c.text for c in local.infill(PREFIX, SUFFIX, GenerationParams(max_new_tokens=40, temperature=0.0),
-                                                order))
+    # what our API sends upstream: the model folder's defaults under the request's fields
+    return "".join(c.text for c in local.infill(PREFIX, SUFFIX, served_params(local, max_new_tokens=40,
+                                                                                temperature=0.0), order))
 
 
 def test_openai_suffix_is_fim_on_vllm_and_streams_the_same_text(api_url, local):

@@ -35,7 +35,8 @@ def run(chunks):
 def test_handshake_reads_the_served_model_and_its_context(remote, vllm_server):
     loaded = remote.loaded
     assert loaded.name == SERVED_NAME and loaded.info.served_model == SERVED_NAME
-    assert loaded.info.n_positions == 512                  # min(config n_positions, the server's max_model_len)
+    # min(config n_positions, the server's max_model_len); the test server serves the model's whole context
+    assert loaded.info.n_positions == remote.health()[0]["max_model_len"] == 2048
     assert loaded.kernel == "vllm" and loaded.device == vllm_server.url
     assert remote.health()[0]["healthy"] and remote.count_tokens("def f():") > 0
 

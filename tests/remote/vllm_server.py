@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -47,9 +48,12 @@ class VLLMServer:
                 self.process.wait(10)
 
 
-def start_server(model_dir: Path, log: Path, served_name: str = SERVED_NAME, max_model_len: int = 512,
+def start_server(model_dir: Path, log: Path, served_name: str = SERVED_NAME, max_model_len: int | None = None,
                  extra: tuple[str, ...] = (), timeout: float = 420.0) -> VLLMServer:
-    """Start vLLM's OpenAI server on 127.0.0.1 and wait until /health answers (CPU, fp32, eager)."""
+    """Start vLLM's OpenAI server on 127.0.0.1 and wait until /health answers (CPU, fp32, eager). The context
+    is the model's own (n_positions) unless `max_model_len` says otherwise, so trimming compares with ours."""
+    if max_model_len is None:
+        max_model_len = json.loads((Path(model_dir) / "config.json").read_text())["n_positions"]
     port = free_port()
     env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
