@@ -45,8 +45,8 @@ NEAR_TIE = 0.125   # logits: a bf16 rounding step at their size; fused kernels m
 
 
 def assert_same_or_near_tie(model, prompt: list[int], compiled: list[int], eager: list[int]) -> None:
-    """The compiled tokens are eager's; or, where they first differ, eager's own logits put the compiled token
-    within NEAR_TIE of the top one (a tie that rounding in inductor's fused kernels may break the other way;
+    """The compiled tokens are eager's; or, where they first differ, eager's own logits for the two tokens
+    chosen are within NEAR_TIE (a tie that rounding in inductor's fused kernels may break the other way;
     from there on the two texts legitimately differ)."""
     if compiled == eager:
         return

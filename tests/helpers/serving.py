@@ -11,13 +11,11 @@ from typing import Iterator
 import openai
 import torch
 import uvicorn
-
-from backend.generate import GenerationParams
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from backend.engine import Engine
-from backend.generate import Chunk
+from backend.generate import Chunk, GenerationParams
 from tests.helpers.checkpoints import tiny_config, write_checkpoint, write_tokenizer
 
 API_KEY = "test-key-123"
