@@ -39,15 +39,13 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _print_listing(listing: hub.RepoListing, weights: bool = True) -> None:
-    files = listing.files if weights else hub.without_weights(listing.files)
-    skipped = [f.path for f in listing.skipped] + [f.path for f in listing.files if f not in files]
+def _print_listing(listing: hub.RepoListing) -> None:
     print(f"{listing.ref.repo_id} ({listing.ref.branch}) at commit {listing.commit}")
-    for f in files:
+    for f in listing.files:
         print(f"  {_size(f.size):>10}  {f.path}")
-    print(f"  {_size(sum(f.size for f in files)):>10}  total, {len(files)} files")
-    if skipped:
-        print("  skipped: " + ", ".join(skipped))
+    print(f"  {_size(listing.total_size):>10}  total, {len(listing.files)} files")
+    if listing.skipped:
+        print("  skipped: " + ", ".join(f.path for f in listing.skipped))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     job = None
     try:
         if args.list:
-            _print_listing(hub.list_files(args.repo, **options), weights=not args.no_weights)
+            listing = hub.list_files(args.repo, **options)
+            _print_listing(hub.without_weights(listing) if args.no_weights else listing)
             return 0
         job = hub.start_download(args.repo, args.models_dir, on_progress=ProgressBar(),
                                  specific_files=args.specific_file, threads=args.threads,

@@ -74,14 +74,15 @@ class DownloadHandlers:
             listing = hub.list_files(repo, token=token or None)
         except hub.DownloadError as exc:
             return f"**Failed:** {exc}"
-        files = listing.files if weights else hub.without_weights(listing.files)
-        left = [f.path for f in listing.skipped] + [f.path for f in listing.files if f not in files]
-        rows = [f"| {f.path} | {human_bytes(f.size)} |" for f in files]
-        skipped = f"\n\nSkipped (not needed or unsafe): {', '.join(left)}" if left else ""
+        if not weights:
+            listing = hub.without_weights(listing)
+        rows = [f"| {f.path} | {human_bytes(f.size)} |" for f in listing.files]
+        skipped = (f"\n\nSkipped (not needed or unsafe): {', '.join(f.path for f in listing.skipped)}"
+                   if listing.skipped else "")
         return "\n".join([f"**{listing.ref.repo_id}** at `{listing.ref.branch}` (commit `{listing.commit[:10]}`) → "
                           f"`{hub.destination(listing.ref, self.engine.models_dir).name}`", "",
                           "| file | size |", "|---|---|", *rows,
-                          f"| **total** ({len(files)} files) | **{human_bytes(sum(f.size for f in files))}** |"]) + skipped
+                          f"| **total** ({len(listing.files)} files) | **{human_bytes(listing.total_size)}** |"]) + skipped
 
     def download(self, repo: str, token: str, current_model: str | None,
                  weights: bool = True) -> Iterator[tuple[Any, ...]]:

@@ -21,7 +21,7 @@ from backend.hub.errors import (
 )
 from backend.hub.metadata import METADATA_FILE, read_metadata, write_metadata
 from backend.hub.progress import Tracker, staged_size
-from backend.hub.repo import destination, endpoint_url, list_files, parse_repo, pick_files, without_weights
+from backend.hub.repo import destination, endpoint_url, is_weights, list_files, parse_repo, pick_files
 from backend.hub.types import DownloadProgress, DownloadResult, ProgressCallback, RemoteFile, RepoRef
 
 STAGING_DIR = ".downloads"  # hidden, so model lists (which skip dot-folders) never show a partial model
@@ -44,7 +44,7 @@ def download(repo: str | RepoRef, models_dir: str | Path = "models", *, token: s
                          allow_remote_code=allow_remote_code)
     files = pick_files(listing, specific_files, allow_pickle, allow_remote_code)
     if not weights:
-        files = without_weights(files)
+        files = [f for f in files if not is_weights(f.path)]
     recorded = _recorded_sha256(dest, listing.commit, files)
     if recorded is not None:
         size = sum(f.size for f in files)

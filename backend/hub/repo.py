@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 from collections.abc import Sequence
@@ -98,9 +100,12 @@ def is_weights(name: str) -> bool:
     return name.endswith((".safetensors",) + _PICKLE_EXTS)
 
 
-def without_weights(files: Sequence[RemoteFile]) -> list[RemoteFile]:
-    """Tokenizer, configs and docs only: all the app reads of a model that a vLLM server runs."""
-    return [f for f in files if not is_weights(f.path)]
+def without_weights(listing: RepoListing) -> RepoListing:
+    """The listing with its weights moved to `skipped`: tokenizer, configs and docs, all the app reads of a
+    model that a vLLM server runs."""
+    weights = tuple(f for f in listing.files if is_weights(f.path))
+    return dataclasses.replace(listing, files=tuple(f for f in listing.files if f not in weights),
+                               skipped=listing.skipped + weights)
 
 
 def _is_safe(part: str) -> bool:
