@@ -62,8 +62,16 @@ def wants_compile(setting: str, device: torch.device) -> bool:
 
 
 def use_cache_dir(path: str | os.PathLike | None) -> None:
-    """Keep inductor's compiled kernels in `path`, so the next load of the model reuses them."""
-    if path is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    """Keep inductor's compiled kernels in `path`, so the next load of the model reuses them.
+
+    A directory the user chose (TORCHINDUCTOR_CACHE_DIR) wins. Importing torch._dynamo writes torch's own
+    default (a temporary folder) into that variable, so a value equal to the default is not a choice.
+    """
+    if path is None:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or current == default_cache_dir():
         Path(path).mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(path).resolve())
 

@@ -9,6 +9,7 @@ inductor generated, counted in its wrapper code.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import re
 import shutil
@@ -106,7 +107,8 @@ def bench_model(models_dir: Path, name: str, new_tokens: int, repeats: int) -> d
     for _ in range(repeats):
         for label, engine in (("eager", eager), ("compiled", compiled)):
             best[label] = min(best[label], decode_seconds(engine, new_tokens))
-    row = {"model": name, "layers": loaded.info.layers, "hidden": loaded.info.hidden, "decode": loaded.decode,
+    config = loaded.info.checkpoint.config
+    row = {"model": name, "layers": config.n_layer, "hidden": config.n_embd, "decode": loaded.decode,
            "load_s_compiled": round(compile_load_s, 1), "threads": torch.get_num_threads(),
            "kernels": sorted(set(loaded.kernels.values()))}
     for label in best:
@@ -143,8 +145,13 @@ def main() -> None:
         write_synthetic(models_dir / names["overhead40"], layers=40, hidden=64, inner=256, heads=4)
     if "mid" in chosen:
         write_synthetic(models_dir / names["mid"], layers=4, hidden=2048, inner=8192, heads=16)
-    if "demo" in chosen and not (models_dir / names["demo"]).exists():
-        shutil.copytree(DEMO, models_dir / names["demo"])
+    if "demo" in chosen:
+        # a fresh copy whenever the shipped model changed (a retrained one has the same shape)
+        copy = models_dir / names["demo"]
+        if not all(filecmp.cmp(f, copy / f.name, shallow=False) if (copy / f.name).is_file() else False
+                   for f in DEMO.iterdir() if f.is_file()):
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(DEMO, copy)
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

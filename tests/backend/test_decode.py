@@ -192,6 +192,17 @@ def test_window_is_a_power_of_two_within_the_cache():
     assert decode.window_for(100, 64) == 64
 
 
+def test_compiled_kernels_are_kept_in_the_models_folder_unless_the_user_chose_a_cache(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+    import torch._dynamo  # noqa: F401  (its import writes torch's default folder into the variable)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    decode.use_cache_dir(tmp_path / "models" / ".compile-cache")
+    assert cache_dir() == str((tmp_path / "models" / ".compile-cache").resolve())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))
+    decode.use_cache_dir(tmp_path / "models" / ".compile-cache")
+    assert cache_dir() == str(tmp_path / "chosen")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_graph_greedy_tokens_equal_the_eager_path_on_the_demo_model(demo_dir):
