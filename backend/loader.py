@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoTokenizer, GPTBigCodeForCausalLM
 
-from backend import decode, selfcheck
+from backend import attention, decode, selfcheck
 from backend.checkpoint import (QUANTIZED_LAYERS, Checkpoint, MemoryEstimate, ModelLoadError, placement_of,
                                 build_skeleton, estimate_memory, has_separate_head, layer_spec, load_model_config,
                                 quantized_linears, resolve_weights)
@@ -199,6 +199,7 @@ def from_quantized(model_dir: str | os.PathLike | Checkpoint, model_basename: st
     for _, layer in quantized_linears(model):
         layer.post_init()
     model.eval()
+    attention.use(model)
     if device == "auto":
         model = dispatch_model(model, device_map=device_map)
     if ckpt.generation_config is not None:

@@ -48,7 +48,9 @@ class SamplerState:
         self.seed = torch.zeros((), dtype=torch.long, device=device)
         self.history = torch.zeros(max_len, dtype=torch.long, device=device)      # [T] prompt + generated
         self.length = torch.zeros((), dtype=torch.long, device=device)            # tokens in history
-        self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)   # [1, V]
+        # [1, V], 1.0 where seen: inductor's CPU code reads and writes float32 vectors fast, bool and int
+        # masks element by element (a compiled greedy step took 2 ms with a bool mask, 0.12 ms with this)
+        self.seen = torch.zeros(1, vocab_size, dtype=torch.float32, device=device)
         self.vocab_size, self.max_len = vocab_size, max_len
 
     def buffers(self) -> list[torch.Tensor]:
@@ -71,12 +73,12 @@ class SamplerState:
         self.history[:len(prompt_ids)].copy_(prompt)
         self.length.fill_(len(prompt_ids))
         self.seen.zero_()
-        self.seen[0].index_fill_(0, prompt.clamp(max=self.vocab_size - 1), True)
+        self.seen[0].index_fill_(0, prompt.clamp(max=self.vocab_size - 1), 1.0)
 
     def record(self, token: torch.Tensor) -> None:
         """Append the chosen token (a [1] device tensor) without leaving the device."""
         self.history.index_copy_(0, self.length.view(1), token)
-        self.seen[0].index_fill_(0, token, True)
+        self.seen[0].index_fill_(0, token, 1.0)
         self.length.add_(1)
 
 
@@ -85,7 +87,7 @@ class SamplerState:
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     # logits: [1, V]; seen: [1, V] tokens in the prompt or generated so far
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)
+    return torch.where(seen > 0, penalized, logits)
 
 
 def no_repeat_ngram(logits: torch.Tensor, history: torch.Tensor, length: torch.Tensor, n: int) -> torch.Tensor:

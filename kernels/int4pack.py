@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import ops, reference
+from kernels import reference
 
 GROUP_SIZES = (32, 64, 128, 256)
 # tinygemm packs k in tiles of 16 with 2/4/8 tiles back to back; 8 gives 16-byte loads
@@ -98,10 +98,6 @@ def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torc
     x2 = x2.contiguous()
     if x2.device.type == "cuda":
         y = torch.ops.aten._weight_int4pack_mm(x2, packed, op_group, scale_and_zeros)
-    elif torch.compiler.is_compiling():
-        # inductor lowers the aten op to a wrapper that reads the group size back from a tensor on
-        # every call (one profile here: 179 us a call against the op's 44 us); ours is called as it is
-        y = ops.int4pack_mm_cpu(x2, packed, op_group, scale_and_zeros)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, op_group, scale_and_zeros)
     if bias is not None:

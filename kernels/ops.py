@@ -1,7 +1,8 @@
-"""The GPTQ matmuls as registered torch custom ops, so torch.compile traces a QuantLinear without a graph break.
+"""The Triton GPTQ matmul as a registered torch custom op, so torch.compile traces a QuantLinear without a graph break.
 
-PyTorch's packed-int4 matmuls are aten ops already, but inductor lowers the CPU one through a slower
-wrapper, so it also gets an op of ours that inductor calls as it is. The Triton path picks its tile in
+PyTorch's packed-int4 matmuls are aten ops already and trace as they are (on CPU inductor calls the op's
+tensor-group-size twin from its wrapper, ~1 us more than the op; a Python op of ours cost ~26 us a call,
+4 ms a token over StarCoder's 160 layers). The Triton path picks its tile in
 Python (a tuned table, a first-use jit), which dynamo must not trace into: it runs behind one opaque op
 whose fake implementation gives the output's shape and dtype. Autotuning happens on the op's first
 eager call, so warm a layer up before capturing a CUDA graph.
@@ -26,15 +27,3 @@ def triton_gptq_matmul(x: torch.Tensor, qweight: torch.Tensor, zeros: torch.Tens
 @triton_gptq_matmul.register_fake
 def _(x, qweight, zeros, scales, bits, group_size, bias, perm):
     return x.new_empty(*x.shape[:-1], qweight.shape[1])
-
-
-@library.custom_op("starcoder::int4pack_mm_cpu", mutates_args=())
-def int4pack_mm_cpu(x: torch.Tensor, packed: torch.Tensor, group_size: int,
-                    scale_and_zeros: torch.Tensor) -> torch.Tensor:
-    """The CPU packed-int4 matmul behind an op inductor calls as it is: x: [M, K] -> [M, N]."""
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
-
-
-@int4pack_mm_cpu.register_fake
-def _(x, packed, group_size, scale_and_zeros):
-    return x.new_empty(x.shape[0], scale_and_zeros.shape[1])
