@@ -56,11 +56,17 @@ def _new_model(args, tok):
 
 
 def _init_from(model, folder: Path) -> None:
-    """Start from an earlier demo model (its GPTQ weights, dequantized): positions it lacks take its
-    learned ones in turn, so the full-context phase starts from something better than noise."""
+    """Start from an earlier demo model: its unquantized weights (a `train` output) or its GPTQ weights,
+    dequantized. Positions it lacks take its learned ones in turn, so a longer context starts from
+    something better than noise."""
+    from transformers import GPTBigCodeForCausalLM
+
     from backend.loader import load_dequantized
 
-    state = load_dequantized(folder).state_dict()
+    if (folder / "quantize_config.json").is_file():
+        state = load_dequantized(folder).state_dict()
+    else:
+        state = GPTBigCodeForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).state_dict()
     wpe = state["transformer.wpe.weight"]
     state["transformer.wpe.weight"] = wpe[torch.arange(model.config.n_positions) % wpe.shape[0]].clone()
     model.load_state_dict(state)
@@ -84,7 +90,7 @@ def train(args) -> None:
     # stdlib and package documents drawn with shares (1 - package_share) and package_share of the tokens
     share = args.package_share if pkg else 0.0
     weights = [len(d) * (1 - share) / n_std for d in std] + [len(d) * share / max(1, n_pkg) for d in pkg]
-    sampler = FimSampler(tok, std + pkg, args.seqlen, seed=args.seed, weights=weights)
+    sampler = FimSampler(tok, std + pkg, args.seqlen, seed=args.seed, weights=weights, line_rate=args.fim_line_share)
     model = _new_model(args, tok)
     if args.init:
         _init_from(model, args.init)
@@ -130,6 +136,7 @@ def train(args) -> None:
     info = {"steps": step, "batch_size": args.batch_size, "seqlen": args.seqlen, "final_loss_ema": round(ema, 4),
             "long_from_step": long_from, "long_seqlen": args.n_positions - 1, "long_batch_size": args.long_batch_size,
             "tokens": tokens, "lr": args.lr, "warmup": args.warmup, "threads": args.threads,
+            "fim_line_share": args.fim_line_share,
             "init": args.init.name if args.init else None,
             "train_minutes": round((time.time() - start) / 60, 1), "parameters": n_params,
             "data": {"stdlib_files": len(std), "stdlib_tokens": n_std, "package_files": len(pkg),
@@ -308,6 +315,8 @@ def main() -> None:
     parser.add_argument("--package-share", type=float, default=0.2, help="share of training tokens from packages")
     parser.add_argument("--max-package-bytes", type=int, default=1_000_000)
     parser.add_argument("--eval-seqlen", type=int, default=512, help="held-out windows (512 compares with earlier models)")
+    parser.add_argument("--fim-line-share", type=float, default=0.5,
+                        help="share of FIM samples whose middle is 1-4 whole lines (the rest: StarCoder's random split)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=110.0, help="wall-clock training budget")

@@ -186,18 +186,24 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path, model_max_
     return hf
 
 
+FIM_ROOM = 8   # tokens a FIM window leaves free: three sentinels, <|endoftext|>, re-encoding's extra ones
+
+
 class FimSampler:
     """Training sequences as StarCoder builds them: document windows, half turned into PSM or SPM."""
 
     def __init__(self, tokenizer, docs: list[list[int]], seqlen: int, fim_rate: float = 0.5,
-                 spm_rate: float = 0.5, seed: int = 0, weights: list[float] | None = None) -> None:
+                 spm_rate: float = 0.5, seed: int = 0, weights: list[float] | None = None,
+                 line_rate: float = 0.0) -> None:
         self.tok = tokenizer
         # documents are drawn in proportion to their length unless weights (one per document) are given
         keep = [i for i, d in enumerate(docs) if len(d)]
         self.docs = [docs[i] for i in keep]
         self.weights = [len(d) for d in self.docs] if weights is None else [weights[i] for i in keep]
         self.seqlen = seqlen
-        self.fim_rate, self.spm_rate = fim_rate, spm_rate
+        # line_rate: the share of FIM pieces whose middle is 1-4 whole lines (an editor's typical hole)
+        # rather than StarCoder's split at two random characters (a third of the window on average)
+        self.fim_rate, self.spm_rate, self.line_rate = fim_rate, spm_rate, line_rate
         self.rng = random.Random(seed)
         ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS[:4]}
         self.eot, self.prefix, self.middle, self.suffix = (ids["<|endoftext|>"], ids["<fim_prefix>"],
@@ -205,17 +211,38 @@ class FimSampler:
 
     def _piece(self) -> list[int]:
         doc = self.rng.choices(self.docs, weights=self.weights)[0]
-        start = self.rng.randrange(max(1, len(doc) - self.seqlen // 2)) if len(doc) > self.seqlen else 0
-        window = list(doc[start:start + self.seqlen])
+        fim = self.rng.random() < self.fim_rate
+        # a FIM piece must fit a sequence whole: cut, it loses the middle's end and its <|endoftext|>, and
+        # the model never sees a middle end (the shipped model before this fix ended 0 of 50 middles)
+        span = self.seqlen - FIM_ROOM if fim else self.seqlen
+        start = self.rng.randrange(max(1, len(doc) - span // 2)) if len(doc) > span else 0
+        window = list(doc[start:start + span])
         at_end = start + len(window) >= len(doc)
-        if self.rng.random() >= self.fim_rate:
+        if not fim:
             return window + [self.eot] if at_end else window
         text = self.tok.decode(window)
-        a, b = sorted(self.rng.randrange(len(text) + 1) for _ in range(2))
+        if self.rng.random() < self.line_rate:
+            a, b = self._lines(text)
+        else:
+            a, b = sorted(self.rng.randrange(len(text) + 1) for _ in range(2))
         pre, mid, suf = (self.tok.encode(s) for s in (text[:a], text[a:b], text[b:]))
+        # re-encoding the three parts can add a few tokens: the suffix's far end, then the prefix's far
+        # start give them back, never the middle
+        excess = len(pre) + len(mid) + len(suf) + 4 - (self.seqlen + 1)
+        if excess > 0:
+            cut = min(excess, len(suf))
+            suf, excess = suf[:len(suf) - cut], excess - cut
+            pre = pre[excess:]
         if self.rng.random() < self.spm_rate:
             return [self.prefix, self.suffix] + suf + [self.middle] + pre + mid + [self.eot]
         return [self.prefix] + pre + [self.suffix] + suf + [self.middle] + mid + [self.eot]
+
+    def _lines(self, text: str) -> tuple[int, int]:
+        """Character offsets of 1-4 whole lines of `text` (with their newlines), chosen at random."""
+        starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text)]
+        first = self.rng.randrange(len(starts))
+        last = min(len(starts), first + self.rng.randint(1, 4))
+        return starts[first], starts[last] if last < len(starts) else len(text)
 
     def sequence(self) -> list[int]:
         """seqlen + 1 tokens (inputs and shifted targets), pieces packed back to back."""

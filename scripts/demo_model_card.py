@@ -9,7 +9,9 @@ from pathlib import Path
 EARLIER = [{"commit": "30c1fb5", "tokens": 2.1e6, "minutes": 22.0,
             "what": "4 x 256 at 512 positions, on the standard library only"},
            {"commit": "6a4468c", "tokens": 1.24e6, "minutes": 57.1,
-            "what": "continued at 2048 positions with the package data, on a 2-core machine shared with other work"}]
+            "what": "continued at 2048 positions with the package data, on a 2-core machine shared with other work"},
+           {"commit": "6789a7f", "tokens": 14.1e6, "minutes": 110.0,
+            "what": "continued on a quiet machine, batch 8 x 511, the last 20 % at 2 x 2047"}]
 FIRST = {"n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820, "continued_perplexity": 28.624,
          "no_codecs": 154.081, "continued_no_codecs": 138.672}
 
@@ -42,9 +44,10 @@ def write_model_card(path: Path, results: dict, args) -> None:
     if earlier:
         chain = "; ".join(f"{run['what']}: {run['tokens'] / 1e6:.2f} M tokens in {run['minutes']:.0f} min "
                           f"(commit {run['commit']})" for run in earlier)
-        origin = (f"trained on CPU in three runs, each continuing the last ({minutes:.0f} minutes and "
+        runs = len(earlier) + 1
+        origin = (f"trained on CPU in {runs} runs, each continuing the last ({minutes:.0f} minutes and "
                   f"{seen / 1e6:.1f} M tokens in all; this last run {t.get('train_minutes')} minutes)")
-        start = (f"from the previous demo model, itself made in two runs ({chain}); positions 512+ were "
+        start = (f"from the previous demo model, itself made in {runs - 1} runs ({chain}); positions 512+ were "
                  f"initialised from the first model's learned ones in turn. This run: ")
     else:
         origin, start = f"trained on CPU for {t.get('train_minutes')} minutes", ""

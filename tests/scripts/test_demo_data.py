@@ -52,6 +52,31 @@ def test_fim_sequences(tokenizer) -> None:
     assert kinds == {"psm", "spm"}
 
 
+def test_a_fim_piece_from_a_long_file_fits_one_sequence_with_its_end(tokenizer) -> None:
+    # documents far longer than a sequence: a FIM piece cut at the sequence's end would lose the
+    # middle's last tokens and <|endoftext|>, and the model would never learn to end a middle
+    docs = [tokenizer.encode("".join(TEXTS) * 8)]
+    sampler = FimSampler(tokenizer, docs, seqlen=64, fim_rate=1.0, seed=1)
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    middle = tokenizer.convert_tokens_to_ids("<fim_middle>")
+    for _ in range(40):
+        sequence = sampler.sequence()
+        assert eot in sequence and sequence.index(eot) > sequence.index(middle)
+
+
+def test_line_holes_are_whole_lines(tokenizer) -> None:
+    docs = [tokenizer.encode(TEXTS[0] * 4)]
+    sampler = FimSampler(tokenizer, docs, seqlen=64, fim_rate=1.0, spm_rate=0.0, seed=2, line_rate=1.0)
+    middle = tokenizer.convert_tokens_to_ids("<fim_middle>")
+    suffix = tokenizer.convert_tokens_to_ids("<fim_suffix>")
+    for _ in range(20):
+        piece = sampler._piece()
+        pre = tokenizer.decode(piece[1:piece.index(suffix)])
+        mid = tokenizer.decode(piece[piece.index(middle) + 1:-1])
+        assert mid and 1 <= mid.count("\n") + (not mid.endswith("\n")) <= 4
+        assert pre == "" or pre.endswith("\n")         # the hole starts at a line's start
+
+
 def test_eval_windows_are_full_length(tokenizer) -> None:
     windows = eval_windows(tokenizer, TEXTS, seqlen=16, max_windows=5)
     assert len(windows) == 5 and all(len(w) == 16 for w in windows)
