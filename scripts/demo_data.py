@@ -201,7 +201,7 @@ class FimSampler:
         self.docs = [docs[i] for i in keep]
         self.weights = [len(d) for d in self.docs] if weights is None else [weights[i] for i in keep]
         self.seqlen = seqlen
-        # line_rate: the share of FIM pieces whose middle is 1-4 whole lines (an editor's typical hole)
+        # line_rate: the share of FIM pieces whose middle is 1-4 lines (an editor's typical hole)
         # rather than StarCoder's split at two random characters (a third of the window on average)
         self.fim_rate, self.spm_rate, self.line_rate = fim_rate, spm_rate, line_rate
         self.rng = random.Random(seed)
@@ -238,11 +238,15 @@ class FimSampler:
         return [self.prefix] + pre + [self.suffix] + suf + [self.middle] + mid + [self.eot]
 
     def _lines(self, text: str) -> tuple[int, int]:
-        """Character offsets of 1-4 whole lines of `text` (with their newlines), chosen at random."""
+        """Character offsets of 1-4 lines of `text` chosen at random, from after the first one's indentation
+        to before the last one's newline: the hole an editor's cursor leaves on an indented new line."""
         starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text)]
         first = self.rng.randrange(len(starts))
         last = min(len(starts), first + self.rng.randint(1, 4))
-        return starts[first], starts[last] if last < len(starts) else len(text)
+        end = starts[last] - 1 if last < len(starts) else len(text) - text.endswith("\n")
+        lines = text[starts[first]:end]
+        begin = starts[first] + len(lines) - len(lines.lstrip())
+        return min(begin, end), end
 
     def sequence(self) -> list[int]:
         """seqlen + 1 tokens (inputs and shifted targets), pieces packed back to back."""

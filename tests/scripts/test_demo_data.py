@@ -64,17 +64,19 @@ def test_a_fim_piece_from_a_long_file_fits_one_sequence_with_its_end(tokenizer) 
         assert eot in sequence and sequence.index(eot) > sequence.index(middle)
 
 
-def test_line_holes_are_whole_lines(tokenizer) -> None:
-    docs = [tokenizer.encode(TEXTS[0] * 4)]
+def test_line_holes_span_one_to_four_lines_from_the_indentation(tokenizer) -> None:
+    docs = [tokenizer.encode(TEXTS[2] * 4)]
     sampler = FimSampler(tokenizer, docs, seqlen=64, fim_rate=1.0, spm_rate=0.0, seed=2, line_rate=1.0)
     middle = tokenizer.convert_tokens_to_ids("<fim_middle>")
     suffix = tokenizer.convert_tokens_to_ids("<fim_suffix>")
     for _ in range(20):
         piece = sampler._piece()
         pre = tokenizer.decode(piece[1:piece.index(suffix)])
+        suf = tokenizer.decode(piece[piece.index(suffix) + 1:piece.index(middle)])
         mid = tokenizer.decode(piece[piece.index(middle) + 1:-1])
-        assert mid and 1 <= mid.count("\n") + (not mid.endswith("\n")) <= 4
-        assert pre == "" or pre.endswith("\n")         # the hole starts at a line's start
+        assert mid.count("\n") <= 3 and mid == mid.strip()    # 1-4 lines, no indentation or newline at its ends
+        assert pre.split("\n")[-1].strip() == ""             # the hole starts where a line's code starts
+        assert suf == "" or suf.startswith("\n")              # and ends where its last line ends
 
 
 def test_eval_windows_are_full_length(tokenizer) -> None:
