@@ -1,9 +1,9 @@
 """Multi-query attention for a new token without copying the one key/value head once per query head.
 
-StarCoder's attention has 48 query heads and one key/value head. transformers' SDPA path repeats that
-head for every query head before calling scaled_dot_product_attention whenever it runs under
-torch.compile (it packs the heads only when not compiling), so a compiled decode step would copy
-heads × window × head_dim keys and values per layer per token. For one new token the query heads can
+StarCoder's attention has 48 query heads and one key/value head. Given a mask (a static cache always
+gives one), transformers' SDPA function packs the heads for one token only when it is not being
+compiled; under torch.compile it repeats the key/value head for every query head first, so a compiled
+decode step copied heads × window × head_dim keys and values per layer per token. For one new token the query heads can
 instead be the rows of a single-head attention over the shared keys: the same numbers, no copy. This
 is what GPTBigCode's original implementation did; here it is one registered attention function, and
 everything it does not cover (a prompt of several tokens, several key/value heads) goes to

@@ -12,8 +12,9 @@ EARLIER = [{"commit": "30c1fb5", "tokens": 2.1e6, "minutes": 22.0,
             "what": "continued at 2048 positions with the package data, on a 2-core machine shared with other work"},
            {"commit": "6789a7f", "tokens": 14.1e6, "minutes": 110.0,
             "what": "continued on a quiet machine, batch 8 x 511, the last 20 % at 2 x 2047"}]
-FIRST = {"n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820, "continued_perplexity": 28.624,
-         "no_codecs": 154.081, "continued_no_codecs": 138.672}
+FIRST = {"n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820, "no_codecs": 154.081}
+# the model the last run continued (commit 6789a7f), GPTQ, measured the same way
+CONTINUED = {"perplexity": 9.025, "no_codecs": 35.184, "fim_parse": 0.14, "fim_ended": 0.0}
 
 
 def _sample(name: str, r: dict) -> str:
@@ -86,7 +87,10 @@ names promise. It shows the app working offline; it is not a coding assistant.
   {t.get("tokens", 0) / 1e6:.2f} M tokens): {t.get("batch_size")} x {t.get("seqlen")} tokens per step, then from step
   {t.get("long_from_step")} {t.get("long_batch_size")} x {t.get("long_seqlen")} (full context); lr {t.get("lr")} with
   warm-up and cosine decay on wall-clock time; next-token loss with StarCoder's fill-in-the-middle
-  objective (half of the document windows turned into PSM or SPM). Final training loss (EMA)
+  objective (half of the document windows turned into PSM or SPM; {t.get("fim_line_share", 0):.0%} of those with a
+  hole of 1-4 lines from the first line's code to the last line's end, the rest cut at two random
+  characters as StarCoder's were; each FIM sample fits its training sequence with its closing
+  `<|endoftext|>`, which earlier runs mostly cut off). Final training loss (EMA)
   {t.get("final_loss_ema")}.
 - Quantization: this project's GPTQ with TheBloke's recipe: 4-bit, group size -1, act-order (desc_act),
   symmetric, damp 0.01, true-sequential, {results["calibration"]["windows"]} calibration windows of
@@ -123,14 +127,16 @@ The first demo model (4 x 256, 512 positions, stdlib only), measured the same wa
 windows: {FIRST["perplexity"]:.3f} with the tokenizer as it shipped then (whose tokenizer.json split digits
 one by one, which the model never saw in training), {FIRST["perplexity_as_trained"]:.3f} with the tokenization
 it was trained with (what this model's tokenizer.json now does); the model this run continued:
-{FIRST["continued_perplexity"]:.3f} (GPTQ). Without `encodings/`: the first model {FIRST["no_codecs"]:.3f}, the
-model this run continued {FIRST["continued_no_codecs"]:.3f}.
+{CONTINUED["perplexity"]:.3f} (GPTQ). Without `encodings/`: the first model {FIRST["no_codecs"]:.3f}, the
+model this run continued {CONTINUED["no_codecs"]:.3f}.
 
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
 {samples}
 Fill-in-the-middle on {holes["holes"]} one-statement holes cut from functions of held-out files: the
 filled file parses in {holes["parse_fraction"]:.0%} of them; the middle equals the original statement in
-{holes["exact_fraction"]:.0%}.
+{holes["exact_fraction"]:.0%}; the model ends the middle (`<|endoftext|>`) within 32 tokens in
+{holes["ended_fraction"]:.0%} (the model this run continued: parses {CONTINUED["fim_parse"]:.0%}, ends
+{CONTINUED["fim_ended"]:.0%}).
 
 ## Data and licences
 - The `.py` files of the CPython standard library (excluding its test suites): {data.get("stdlib_files")}
