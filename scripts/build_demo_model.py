@@ -316,7 +316,8 @@ def main() -> None:
     parser.add_argument("--max-package-bytes", type=int, default=1_000_000)
     parser.add_argument("--eval-seqlen", type=int, default=512, help="held-out windows (512 compares with earlier models)")
     parser.add_argument("--fim-line-share", type=float, default=0.5,
-                        help="share of FIM samples whose middle is 1-4 whole lines (the rest: StarCoder's random split)")
+                        help="share of FIM samples whose middle is 1-4 lines, from the first line's code to the last "
+                             "line's end (the rest: StarCoder's split at two random characters)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=110.0, help="wall-clock training budget")
