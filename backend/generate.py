@@ -166,8 +166,10 @@ def _cache_kwarg(model) -> str:
 
 
 def _next_logits(model, ids: torch.Tensor, cache, cache_kwarg: str):
-    # ids: [1, S] -> logits of the last position [1, V], updated cache
-    out = model(input_ids=ids, use_cache=True, **{cache_kwarg: cache})
+    # ids: [1, S] -> logits of the last position [1, V], updated cache. Only that position goes through
+    # the lm_head: a prompt's other positions would cost S x vocab x hidden multiply-adds and S x vocab
+    # floats of memory (StarCoder, 8k prompt: 1.6 GB) for logits nobody reads
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
     new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return out.logits[:, -1, :], new_cache
 
