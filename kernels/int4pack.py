@@ -1,6 +1,8 @@
 """Exact conversion of GPTQ 4-bit layers to PyTorch's packed-int4 matmuls (CPU and CUDA tinygemm)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from kernels import reference
@@ -8,6 +10,12 @@ from kernels import reference
 GROUP_SIZES = (32, 64, 128, 256)
 # tinygemm packs k in tiles of 16 with 2/4/8 tiles back to back; 8 gives 16-byte loads
 CUDA_INNER_K_TILES = (8, 4, 2)
+# CPU: from this many rows (a prompt's tokens) a layer is dequantized a slice at a time and multiplied in
+# fp32, which a CPU without bf16 dot-product instructions runs near its peak, where the packed-int4 op
+# reaches a third to a half of it; dequantizing costs about as much as 100-250 rows of the op, so below
+# this the op wins (measured side by side: bench/prefill.py)
+DENSE_MIN_ROWS = 256
+DENSE_SLICE = 1 << 22          # weights dequantized at a time (16 MB in fp32), so a big layer needs no big buffer
 
 
 def pack_group_size(in_features: int, group_size: int) -> int | None:
@@ -48,10 +56,52 @@ def _nibbles_nk(qweight: torch.Tensor) -> torch.Tensor:
     return torch.stack([b & 15, b >> 4], dim=-1).reshape(N, -1).to(torch.int32)
 
 
+class Packed(NamedTuple):
+    packed: torch.Tensor                  # the op's layout
+    scale_and_zeros: torch.Tensor         # [G', N, 2] in the activations' dtype
+    op_group: int
+    perm: torch.Tensor | None             # [K] int32: x's columns in the packed order (act-order), or None
+    unpackable: bool                      # CPU: `unpack_cpu` reads `packed` back exactly (the dense path may run)
+
+
+def unpack_cpu(packed: torch.Tensor, N: int, K: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start:stop (multiples of 32, or N) of the CPU op's packed weight as uint8 values [rows, K].
+
+    The layout is the op's private one (torch 2.13 on AVX2 and AVX-512 without AMX): blocks of 32 rows as
+    [K, 16] bytes, row j in the low nibble and row j + 16 in the high one; a last block of 16 rows as
+    [K, 8] bytes, even rows low and odd rows high. `convert` checks every layer against it at load, so a
+    build that packs differently only loses the dense path.
+    """
+    stop = N if stop is None else stop
+    flat = packed.view(torch.uint8).reshape(-1)
+    full = min(stop, N - N % 32)
+    parts = []
+    if start < full:
+        b = flat[start * K // 2:full * K // 2].view(-1, K, 16)
+        parts.append(torch.cat([b & 15, b >> 4], dim=2).transpose(1, 2).reshape(-1, K))
+    if stop > full:
+        b = flat[full * K // 2:stop * K // 2].view(K, -1)
+        parts.append(torch.stack([b & 15, b >> 4], dim=2).reshape(K, -1).t())
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+_LAYOUTS: dict[tuple[int, int], bool] = {}
+
+
+def _layout_read_back(N: int, K: int, packed: torch.Tensor, q_nk: torch.Tensor) -> bool:
+    """Whether unpack_cpu reads this layer back exactly; checked once per shape (the layout depends on
+    the shape and the build, not the values), so a 15B model's load does not unpack every layer."""
+    if (N, K) not in _LAYOUTS:
+        try:
+            _LAYOUTS[N, K] = torch.equal(unpack_cpu(packed, N, K), q_nk.to(torch.uint8))
+        except RuntimeError:      # a layout of another size than the one unpack_cpu reads
+            _LAYOUTS[N, K] = False
+    return _LAYOUTS[N, K]
+
+
 def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
-            group_size: int, zero_offset: int, dtype: torch.dtype
-            ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-    """GPTQ 4-bit → (packed weight, scale_and_zeros [G', N, 2] in `dtype`, op group size, perm).
+            group_size: int, zero_offset: int, dtype: torch.dtype) -> Packed:
+    """GPTQ 4-bit → the op's packed weight, scale_and_zeros [G', N, 2] in `dtype`, op group size, perm.
 
     The op computes w = (q - 8) * scale + zero_f; GPTQ's w = scale * (q - z), so zero_f = scale * (8 - z).
     With act-order the rows are sorted by group here and `perm` must gather x's columns at run time.
@@ -81,15 +131,48 @@ def convert(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g
         q_u8 = ((q_nk[:, ::2] << 4) | q_nk[:, 1::2]).to(torch.uint8)
         tiles = next(t for t in CUDA_INNER_K_TILES if K % (16 * t) == 0)
         packed = torch.ops.aten._convert_weight_to_int4pack(q_u8.contiguous(), tiles)
+        unpackable = False
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk.to(torch.int32), 1)
-    return packed, scale_and_zeros, op_group, (perm.to(torch.int32) if perm is not None else None)
+        unpackable = _layout_read_back(N, K, packed, q_nk)
+    return Packed(packed, scale_and_zeros, op_group, perm.to(torch.int32) if perm is not None else None, unpackable)
+
+
+def dequantize_cpu(packed: torch.Tensor, scale_and_zeros: torch.Tensor, op_group: int, K: int,
+                   start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start:stop of W (the op's packed order along K) in fp32 [rows, K]; rows as unpack_cpu takes them."""
+    N = scale_and_zeros.shape[1]
+    stop = N if stop is None else stop
+    q = unpack_cpu(packed, N, K, start, stop).view(stop - start, K // op_group, op_group)
+    sz = scale_and_zeros[:, start:stop].float().transpose(0, 1).unsqueeze(2)           # [rows, G', 1, 2]
+    # w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale): one fused pass over the fp32 weights
+    w = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    torch.addcmul(sz[..., 1] - 8 * sz[..., 0], q.float(), sz[..., 0], out=w)
+    return w.view(stop - start, K)
+
+
+def _dense_cpu(x2: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torch.Tensor, op_group: int) -> torch.Tensor:
+    """x2 [M, K] @ W.T in fp32 from W dequantized a slice of rows at a time -> [M, N] fp32."""
+    M, K = x2.shape
+    N = scale_and_zeros.shape[1]
+    xf = x2.float()
+    step = max(32, DENSE_SLICE // K // 32 * 32)
+    if N <= step:
+        return xf @ dequantize_cpu(packed, scale_and_zeros, op_group, K).t()
+    out = torch.empty(M, N, dtype=torch.float32, device=x2.device)
+    for start in range(0, N, step):
+        stop = min(N, start + step)
+        out[:, start:stop] = xf @ dequantize_cpu(packed, scale_and_zeros, op_group, K, start, stop).t()
+    return out
 
 
 def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torch.Tensor,
                     op_group: int, bias: torch.Tensor | None = None,
-                    perm: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x @ W + bias with W from `convert`; x: [..., K] in scale_and_zeros' dtype -> [..., N]."""
+                    perm: torch.Tensor | None = None, unpackable: bool = False) -> torch.Tensor:
+    """y = x @ W + bias with W from `convert`; x: [..., K] in scale_and_zeros' dtype -> [..., N].
+
+    On CPU, `unpackable` layers multiply DENSE_MIN_ROWS rows or more (a prompt) in fp32 from dequantized slices.
+    """
     K = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)                                                       # [M, K]
@@ -98,6 +181,8 @@ def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torc
     x2 = x2.contiguous()
     if x2.device.type == "cuda":
         y = torch.ops.aten._weight_int4pack_mm(x2, packed, op_group, scale_and_zeros)
+    elif unpackable and x2.shape[0] >= DENSE_MIN_ROWS:
+        y = _dense_cpu(x2, packed, scale_and_zeros, op_group).to(x.dtype)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, op_group, scale_and_zeros)
     if bias is not None:

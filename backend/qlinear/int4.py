@@ -20,10 +20,11 @@ class _Int4PackQuantLinear(BaseQuantLinear):
                                            spec.device.type)
 
     def repack(self) -> None:
-        packed, scale_and_zeros, op_group, perm = int4pack.convert(
+        packed, scale_and_zeros, op_group, perm, unpackable = int4pack.convert(
             self.qweight, self.qzeros, self.scales, self.g_idx, self.group_size, self.zero_offset,
             torch.bfloat16)
         self.op_group_size = op_group
+        self.unpackable = unpackable            # CPU: prompts multiply in fp32 from dequantized slices
         self.qweight = self.qzeros = self.scales = None
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scale_and_zeros", scale_and_zeros)   # [G', N, 2] bf16
@@ -34,7 +35,7 @@ class _Int4PackQuantLinear(BaseQuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., K] -> [..., N]
         return int4pack.int4pack_matmul(x, self.packed_weight, self.scale_and_zeros, self.op_group_size,
-                                        self.bias, self.perm)
+                                        self.bias, self.perm, self.unpackable)
 
 
 class CudaInt4QuantLinear(_Int4PackQuantLinear):

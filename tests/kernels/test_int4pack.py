@@ -24,9 +24,10 @@ def _check(gptq, case, dtype, device):
     ref = reference.gptq_matmul(x, t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 4, t["bias"])
     g = K if group_size == -1 else group_size
     t = {k: v.to(device) for k, v in t.items()}
-    packed, scale_and_zeros, op_group, perm = int4pack.convert(
+    packed, scale_and_zeros, op_group, perm, unpackable = int4pack.convert(
         t["qweight"], t["qzeros"], t["scales"], t["g_idx"], g, 1, dtype)
-    y = int4pack.int4pack_matmul(x.to(device), packed, scale_and_zeros, op_group, t["bias"].to(dtype), perm)
+    y = int4pack.int4pack_matmul(x.to(device), packed, scale_and_zeros, op_group, t["bias"].to(dtype), perm,
+                                 unpackable)
     assert y.shape == (M, N) and y.dtype == dtype
     gptq.assert_close(y.cpu(), ref, dtype)
 
@@ -39,6 +40,44 @@ def test_cpu_bf16_matches_reference(gptq, case):
 def test_cpu_mapping_is_exact_in_fp32(gptq):
     # fp32 scale/zero keep zero_f = scale * (8 - z) exact: only summation order differs
     _check(gptq, (3, 256, 32, 64, True, False), torch.float32, "cpu")
+
+
+# N with and without a last block of 16 rows; M on both sides of DENSE_MIN_ROWS
+DENSE_CASES = [(int4pack.DENSE_MIN_ROWS, 256, 96, 64, True, False), (200, 128, 64, -1, True, True),
+               (int4pack.DENSE_MIN_ROWS - 1, 128, 48, 32, False, True)]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: "M{}-K{}-N{}-g{}-act{}-sym{}".format(*c))
+def test_cpu_prompt_rows_dense_path_matches_reference(gptq, case):
+    # the packed layout is read back exactly on this build, so prompts take the fp32 path
+    M, K, N, group_size, act_order, sym = case
+    t = gptq.make(K, N, 4, group_size, act_order, sym)
+    result = int4pack.convert(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], K if group_size == -1 else group_size,
+                              1, torch.bfloat16)
+    assert result.unpackable
+    _check(gptq, case, torch.bfloat16, "cpu")
+
+
+def test_cpu_dense_path_agrees_with_the_op_slice_by_slice(gptq, monkeypatch):
+    # slices smaller than the layer: each one's rows land in their own columns (N = 3 blocks of 32 + 16)
+    monkeypatch.setattr(int4pack, "DENSE_SLICE", 64 * 32)
+    t = gptq.make(64, 112, 4, 32, True, False)
+    packed, sz, group, perm, unpackable = int4pack.convert(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 32, 1,
+                                                           torch.bfloat16)
+    x = torch.randn(int4pack.DENSE_MIN_ROWS, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    dense = int4pack.int4pack_matmul(x, packed, sz, group, None, perm, unpackable=True).float()
+    op = int4pack.int4pack_matmul(x, packed, sz, group, None, perm, unpackable=False).float()
+    assert unpackable and dense.shape == (int4pack.DENSE_MIN_ROWS, 112)
+    assert (dense - op).abs().max() <= 0.02 * op.abs().max()
+
+
+def test_unpack_reads_the_cpu_layout_back():
+    for N in (32, 48, 96, 112):
+        q = torch.randint(0, 16, (N, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(N))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        assert torch.equal(int4pack.unpack_cpu(packed, N, 64), q.to(torch.uint8))
+        if N > 32:
+            assert torch.equal(int4pack.unpack_cpu(packed, N, 64, 32, N), q[32:].to(torch.uint8))
 
 
 def test_group_minus_one_repeats_one_scale():
