@@ -149,3 +149,48 @@ def test_demo_model_writes_python(demo_dir, tmp_path):
     assert not any(a == b == c for a, b, c in zip(lines, lines[1:], lines[2:])), text
     middle, last = text_of(engine.infill("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", greedy))
     assert last.finish_reason in ("eos", "length") and "<fim_middle>" not in middle
+
+
+def test_loads_and_generations_run_on_one_compute_thread(tiny_models_dir, monkeypatch):
+    # OpenMP pools (CPU) and CUDA graphs (GPU) belong to a thread: a request on a fresh thread must not
+    # compute there, it hands the work to the thread that loaded the model
+    import backend.engine as engine_module
+    threads = {"load": set(), "forward": set()}
+    real = engine_module.from_quantized
+
+    def recording(*args, **kwargs):
+        threads["load"].add(threading.get_ident())
+        model = real(*args, **kwargs)
+        model.register_forward_hook(lambda *_: threads["forward"].add(threading.get_ident()))
+        return model
+
+    monkeypatch.setattr(engine_module, "from_quantized", recording)
+    engine = Engine(tiny_models_dir)
+    engine.load("tiny", compile="off")
+    params = GenerationParams(max_new_tokens=3, temperature=0)
+    texts = []
+
+    def ask():
+        texts.append("".join(c.text for c in engine.complete("def f(x):", params)))
+
+    for _ in range(3):
+        worker = threading.Thread(target=ask)
+        worker.start()
+        worker.join()
+    ask()
+    assert len(texts) == 4 and len(set(texts)) == 1
+    assert len(threads["load"]) == 1 and threads["forward"] == threads["load"]
+    assert threading.get_ident() not in threads["load"]
+
+
+def test_a_consumer_that_stops_early_cancels_the_generation(tiny_models_dir):
+    engine = Engine(tiny_models_dir)
+    engine.load("tiny", compile="off")
+    cancel = threading.Event()
+    stream = engine.complete("def f(x):", GenerationParams(max_new_tokens=40, temperature=0, stop=("\x00",)), cancel)
+    next(stream)
+    stream.close()                      # what a client that went away does
+    assert cancel.is_set()
+    # the engine is free again at once: the producer saw the cancel within one token
+    chunks = list(engine.complete("def f(x):", GenerationParams(max_new_tokens=2, temperature=0)))
+    assert chunks[-1].completion_tokens >= 1
