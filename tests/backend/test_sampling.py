@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend import sampling
+from backend import generate, sampling
 from backend.generate import GenerationParams, build_processors
 
 V = 500
@@ -103,3 +103,49 @@ def test_noise_lies_strictly_inside_zero_one():
     u = sampling.uniform_noise(torch.tensor(7), torch.tensor(3), 1 << 16)
     assert float(u.min()) > 0 and float(u.max()) < 1
     assert torch.isfinite(-torch.log(-torch.log(u))).all()
+
+
+# ---------------------------------------------------------------- the eager path's candidate sampler
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["temperature"] > 0 and c.get("typical_p", 1.0) == 1.0],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_candidates_are_what_the_processors_leave(case):
+    params = GenerationParams(**case)
+    before_filters = build_processors(params, filters=False)
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        # peaked (a trained model at low temperature) and flat (a nucleus wider than the candidates)
+        logits = torch.randn(1, V, generator=gen) * (8.0 if seed % 2 else 1.0)
+        prompt = torch.randint(0, V, (30,), generator=gen).tolist()
+        scores = before_filters(torch.tensor([prompt]), logits.clone())
+        want = hf_scores(prompt, logits, params)
+        kept = torch.isfinite(want[0]).nonzero().flatten()
+        found = generate.candidates(scores, params)
+        if found is None:
+            # the processors leave more than the candidates hold (or top-k reaches the whole vocabulary)
+            assert params.top_k >= V or (params.top_k == 0 and len(kept) >= generate.CANDIDATES)
+            continue
+        ids, probs = found
+        assert sorted(ids) == kept.tolist()
+        torch.testing.assert_close(torch.tensor(probs), torch.softmax(want[0], -1)[ids], rtol=1e-5, atol=1e-7)
+
+
+def test_candidates_give_way_to_the_processors_where_they_cannot_be_exact():
+    flat = torch.zeros(1, V)
+    assert generate.candidates(flat, GenerationParams(temperature=1.0, top_p=0.9)) is None        # wide nucleus
+    assert generate.candidates(flat, GenerationParams(temperature=1.0, top_k=10)) is None          # top-k ties
+    peaked = torch.arange(V, dtype=torch.float32).view(1, V)
+    assert generate.candidates(peaked, GenerationParams(temperature=1.0, top_p=0.9, typical_p=0.5)) is None
+    ids, probs = generate.candidates(peaked, GenerationParams(temperature=1.0, top_p=0.9))
+    assert ids[0] == V - 1 and abs(sum(probs) - 1) < 1e-6
+
+
+def test_eager_sampling_draws_from_the_candidates_with_a_seed(monkeypatch):
+    # the fast path is the one that runs for the app's defaults, and one seed gives one draw
+    calls = []
+    real = generate.candidates
+    monkeypatch.setattr(generate, "candidates", lambda *a: calls.append(1) or real(*a))
+    params = GenerationParams(temperature=0.2, top_p=0.95, repetition_penalty=1.2)
+    scores = torch.randn(1, V, generator=torch.Generator().manual_seed(0)) * 4
+    draws = {generate.sample_candidates(scores, params, torch.Generator().manual_seed(5)) for _ in range(3)}
+    assert len(draws) == 1 and calls
