@@ -52,10 +52,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--model-settings", action="store_true",
+                        help="send no sampling settings (the model's saved ones apply) and a fixed seed, not greedy")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "server_ab.json"))
     args = parser.parse_args()
-    body = json.dumps({"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": args.tokens, "temperature": 0,
-                       "stream": True}).encode()
+    request = {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": args.tokens, "stream": True}
+    request.update({"seed": 1} if args.model_settings else {"temperature": 0})
+    body = json.dumps(request).encode()
     times: dict[str, dict[str, list[float]]] = {u: {"first": [], "whole": []} for u in (args.a, args.b)}
     texts: dict[str, set[str]] = {u: set() for u in times}
     for url in times:                                   # warm-up, not counted
@@ -72,7 +75,8 @@ def main() -> None:
                      "first_min_ms": round(min(t["first"]), 1), "whole_median_ms": round(statistics.median(t["whole"]), 1),
                      "whole_min_ms": round(min(t["whole"]), 1), "distinct_texts": len(texts[url])})
     base = rows[0]
-    print(f"{args.rounds} alternating rounds, streamed FIM, {args.tokens} tokens, greedy")
+    print(f"{args.rounds} alternating rounds, streamed FIM, {args.tokens} tokens, "
+          f"{'the model settings, seed 1' if args.model_settings else 'greedy'}")
     print(f"{'server':28s} {'first p50':>9s} {'first min':>9s} {'whole p50':>9s} {'whole min':>9s} {'whole ×A':>8s}")
     for r in rows:
         print(f"{r['server']:28s} {r['first_median_ms']:9.1f} {r['first_min_ms']:9.1f} {r['whole_median_ms']:9.1f} "
