@@ -187,6 +187,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path, model_max_
 
 
 FIM_ROOM = 8   # tokens a FIM window leaves free: three sentinels, <|endoftext|>, re-encoding's extra ones
+MIN_FIM_SPAN = 32   # the shortest FIM window (its length is drawn between this and a sequence's)
 
 
 class FimSampler:
@@ -216,6 +217,12 @@ class FimSampler:
         # the model sees a middle end only in files shorter than a window (the model trained that way
         # ended 0 of 50 held-out middles)
         span = self.seqlen - FIM_ROOM if fim else self.seqlen
+        if fim:
+            # a FIM window of random length: when every window was as long as a sequence, <|endoftext|> after
+            # the middle always came at the same position, and the model learned to end a middle by its
+            # position (P(end) 0.34 at a full window's end, 0.001 once the prefix was cut to 60 tokens: it
+            # never ended a hole in a short file)
+            span = self.rng.randint(min(MIN_FIM_SPAN, span), span)
         start = self.rng.randrange(max(1, len(doc) - span // 2)) if len(doc) > span else 0
         window = list(doc[start:start + span])
         at_end = start + len(window) >= len(doc)

@@ -64,6 +64,15 @@ def test_a_fim_piece_from_a_long_file_fits_one_sequence_with_its_end(tokenizer) 
         assert eot in sequence and sequence.index(eot) > sequence.index(middle)
 
 
+def test_fim_pieces_end_at_many_positions(tokenizer) -> None:
+    # with every FIM window as long as a sequence the middle's <|endoftext|> came at one position, and the
+    # model learned to end a middle by position rather than by what it had written
+    docs = [tokenizer.encode("".join(TEXTS) * 8)]
+    sampler = FimSampler(tokenizer, docs, seqlen=256, fim_rate=1.0, seed=4)
+    lengths = [len(sampler._piece()) for _ in range(60)]
+    assert min(lengths) < 128 < max(lengths) and len(set(lengths)) > 20
+
+
 def test_line_holes_span_one_to_four_lines_from_the_indentation(tokenizer) -> None:
     docs = [tokenizer.encode(TEXTS[2] * 4)]
     sampler = FimSampler(tokenizer, docs, seqlen=64, fim_rate=1.0, spm_rate=0.0, seed=2, line_rate=1.0)
