@@ -228,16 +228,19 @@ class ComputeThread:
                 items.put((self._END, None))
 
         future = self.submit(produce)
+        finished = False
         try:
             while True:
                 item, exc = items.get()
                 if exc is not None:
+                    finished = True
                     raise exc
                 if item is self._END:
+                    finished = True
                     return
                 yield item
         finally:
-            if not future.done():
+            if not finished:
                 cancel.set()
             future.result()
 

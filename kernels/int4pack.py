@@ -67,10 +67,10 @@ class Packed(NamedTuple):
 def unpack_cpu(packed: torch.Tensor, N: int, K: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Rows start:stop (multiples of 32, or N) of the CPU op's packed weight as uint8 values [rows, K].
 
-    The layout is the op's private one (torch 2.13 on AVX2 and AVX-512 without AMX): blocks of 32 rows as
+    The layout is the op's private one, as torch 2.13 writes it on an AVX2 CPU: blocks of 32 rows as
     [K, 16] bytes, row j in the low nibble and row j + 16 in the high one; a last block of 16 rows as
-    [K, 8] bytes, even rows low and odd rows high. `convert` checks every layer against it at load, so a
-    build that packs differently only loses the dense path.
+    [K, 8] bytes, even rows low and odd rows high. `convert` checks it against the weights at load (once
+    per layer shape), so a build or CPU that packs differently only loses the dense path.
     """
     stop = N if stop is None else stop
     flat = packed.view(torch.uint8).reshape(-1)

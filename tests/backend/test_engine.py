@@ -194,3 +194,31 @@ def test_a_consumer_that_stops_early_cancels_the_generation(tiny_models_dir):
     # the engine is free again at once: the producer saw the cancel within one token
     chunks = list(engine.complete("def f(x):", GenerationParams(max_new_tokens=2, temperature=0)))
     assert chunks[-1].completion_tokens >= 1
+
+
+def test_a_generation_that_ends_by_itself_is_not_marked_cancelled():
+    # the producer's job finishes a moment after its last item: that moment must not read as a consumer
+    # that left early (which sets the caller's cancel event)
+    from concurrent.futures import Future
+
+    from backend.engine import ComputeThread
+    compute = ComputeThread()
+
+    def late_submit(fn, *args):
+        future = Future()
+
+        def run():
+            fn(*args)
+            time.sleep(0.2)
+            future.set_result(None)
+        threading.Thread(target=run).start()
+        return future
+
+    compute.submit = late_submit
+    cancel = threading.Event()
+    assert list(compute.iterate(lambda: iter([1, 2, 3]), cancel)) == [1, 2, 3]
+    assert not cancel.is_set()
+    stopped = compute.iterate(lambda: iter(range(10)), cancel)
+    assert next(stopped) == 0
+    stopped.close()
+    assert cancel.is_set()
