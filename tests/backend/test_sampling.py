@@ -1,4 +1,4 @@
-"""The device samplers compute what transformers' logits processors compute, and draw from softmax."""
+"""The device samplers, and the eager path's candidate sampler, compute what transformers' logits processors compute."""
 from __future__ import annotations
 
 import pytest
