@@ -201,7 +201,7 @@ def test_a_generation_that_ends_by_itself_is_not_marked_cancelled():
     # that left early (which sets the caller's cancel event)
     from concurrent.futures import Future
 
-    from backend.engine import ComputeThread
+    from backend.compute import ComputeThread
     compute = ComputeThread()
 
     def late_submit(fn, *args):
