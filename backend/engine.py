@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import torch
 
 from backend import decode, prompts
-from backend.compute import compute_thread
 from backend.checkpoint import Checkpoint, ModelLoadError
+from backend.compute import compute_thread
 from backend.errors import GenerationError, UserError
 from backend.generate import Chunk, GenerationParams, encode, fim_ids, fit_context, stream
 from backend.loader import from_quantized, load_tokenizer
