@@ -68,8 +68,7 @@ def model_rows(models_dir: Path, name: str, repeats: int) -> list[dict]:
         best = {True: float("inf"), False: float("inf")}
         for _ in range(repeats):
             for dense in (True, False):
-                for layer in layers:
-                    layer.unpackable = dense
+                int4pack.DENSE_PREFILL = dense
                 start = time.perf_counter()
                 for chunk in engine.infill(prefix, suffix, params):
                     last = chunk
@@ -77,8 +76,7 @@ def model_rows(models_dir: Path, name: str, repeats: int) -> list[dict]:
         rows.append({"model": name, "prompt_tokens": last.prompt_tokens, "op_ms": round(best[False] * 1e3, 1),
                      "dense_ms": round(best[True] * 1e3, 1), "dense_over_op": round(best[True] / best[False], 3)})
         print(json.dumps(rows[-1]), flush=True)
-    for layer in layers:
-        layer.unpackable = True
+    int4pack.DENSE_PREFILL = None
     engine.unload()
     return rows
 
@@ -92,8 +90,10 @@ def main() -> None:
     args = parser.parse_args()
     layers = layer_rows(args.repeats)
     models = model_rows(Path(args.models_dir), args.model, args.repeats)
+    bf16_dot = int4pack._cpu_has_bf16_dot()
     print(f"\nCPU prefill, torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}; "
-          f"the dense path runs from {int4pack.DENSE_MIN_ROWS} rows")
+          f"bf16 dot products: {'yes' if bf16_dot else 'no'}, so by default the dense path "
+          + ("stays off" if bf16_dot else f"runs from {int4pack.DENSE_MIN_ROWS} rows"))
     print(f"{'layer K x N':>14s} {'rows':>5s} {'int4 op ms':>10s} {'dense ms':>9s} {'dense/op':>8s}")
     for r in layers:
         print(f"{r['K']:>6d} x {r['N']:<6d}{r['rows']:>5d} {r['op_ms']:10.2f} {r['dense_ms']:9.2f} {r['dense_over_op']:8.2f}")
@@ -104,7 +104,7 @@ def main() -> None:
                   f"{r['dense_over_op']:8.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"layers": layers, "models": models}, indent=2))
+    out.write_text(json.dumps({"cpu_bf16_dot": bf16_dot, "layers": layers, "models": models}, indent=2))
     print(f"wrote {out}")
 
 

@@ -1,6 +1,7 @@
 """Exact conversion of GPTQ 4-bit layers to PyTorch's packed-int4 matmuls (CPU and CUDA tinygemm)."""
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -10,12 +11,26 @@ from kernels import reference
 GROUP_SIZES = (32, 64, 128, 256)
 # tinygemm packs k in tiles of 16 with 2/4/8 tiles back to back; 8 gives 16-byte loads
 CUDA_INNER_K_TILES = (8, 4, 2)
-# CPU: from this many rows (a prompt's tokens) a layer is dequantized a slice at a time and multiplied in
-# fp32, which a CPU without bf16 dot-product instructions runs near its peak, where the packed-int4 op
+# CPU without bf16 dot-product instructions: from this many rows (a prompt's tokens) a layer is dequantized a
+# slice at a time and multiplied in fp32, which such a CPU runs near its peak, where the packed-int4 op
 # reaches a third to a half of it; dequantizing costs about as much as 100-250 rows of the op, so below
-# this the op wins (measured side by side: bench/prefill.py)
+# this the op wins. With avx512_bf16 the op is the faster at every size (both measured side by side:
+# bench/prefill.py), so there the path stays off (`dense_prefill`).
 DENSE_MIN_ROWS = 256
 DENSE_SLICE = 1 << 22          # weights dequantized at a time (16 MB in fp32), so a big layer needs no big buffer
+DENSE_PREFILL: bool | None = None       # None: decided by the CPU (`dense_prefill`); benchmarks and tests force it
+
+
+@functools.cache
+def _cpu_has_bf16_dot() -> bool:
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                        "_is_amx_tile_supported"))
+
+
+def dense_prefill() -> bool:
+    """Whether prompts of DENSE_MIN_ROWS rows or more take the dense fp32 path on this CPU."""
+    return (not _cpu_has_bf16_dot()) if DENSE_PREFILL is None else DENSE_PREFILL
 
 
 def pack_group_size(in_features: int, group_size: int) -> int | None:
@@ -64,25 +79,54 @@ class Packed(NamedTuple):
     unpackable: bool                      # CPU: `unpack_cpu` reads `packed` back exactly (the dense path may run)
 
 
-def unpack_cpu(packed: torch.Tensor, N: int, K: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Rows start:stop (multiples of 32, or N) of the CPU op's packed weight as uint8 values [rows, K].
-
-    The layout is the op's private one, as torch 2.13 writes it on an AVX2 CPU: blocks of 32 rows as
-    [K, 16] bytes, row j in the low nibble and row j + 16 in the high one; a last block of 16 rows as
-    [K, 8] bytes, even rows low and odd rows high. `convert` checks it against the weights at load (once
-    per layer shape), so a build or CPU that packs differently only loses the dense path.
-    """
-    stop = N if stop is None else stop
-    flat = packed.view(torch.uint8).reshape(-1)
-    full = min(stop, N - N % 32)
+def _unpack_blocks(flat: torch.Tensor, K: int, start: int, stop: int, N: int, block: int) -> torch.Tensor:
+    full = min(stop, N - N % block)
     parts = []
     if start < full:
-        b = flat[start * K // 2:full * K // 2].view(-1, K, 16)
+        b = flat[start * K // 2:full * K // 2].view(-1, K, block // 2)
         parts.append(torch.cat([b & 15, b >> 4], dim=2).transpose(1, 2).reshape(-1, K))
     if stop > full:
         b = flat[full * K // 2:stop * K // 2].view(K, -1)
         parts.append(torch.stack([b & 15, b >> 4], dim=2).reshape(K, -1).t())
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+_CPU_BLOCK: list[int | None] = []
+
+
+def cpu_block() -> int | None:
+    """The row block of the CPU op's packed layout on this build and CPU (64 or 32), or None if neither.
+
+    The layout is the op's private one, as torch 2.13 writes it: blocks of `block` rows as [K, block/2]
+    bytes, row j in the low nibble and row j + block/2 in the high one; a last, shorter block as
+    [K, rows/2] bytes, even rows low and odd rows high. The block is 64 where torch dispatches to its
+    AVX-512 kernels and 32 with AVX2; found once by packing a probe and reading it back.
+    """
+    if not _CPU_BLOCK:
+        q = torch.randint(0, 16, (80, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1).view(torch.uint8).reshape(-1)
+        found = None
+        for block in (64, 32):
+            try:
+                if torch.equal(_unpack_blocks(packed, 64, 0, 80, 80, block), q.to(torch.uint8)):
+                    found = block
+                    break
+            except RuntimeError:      # a layout of another size
+                continue
+        _CPU_BLOCK.append(found)
+    return _CPU_BLOCK[0]
+
+
+def unpack_cpu(packed: torch.Tensor, N: int, K: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start:stop (multiples of 64, or N) of the CPU op's packed weight as uint8 values [rows, K].
+
+    The layout is `cpu_block`'s; `convert` also checks each layer shape against its weights at load (once
+    per shape), so a build or CPU that packs differently only loses the dense path.
+    """
+    block = cpu_block()
+    if block is None:
+        raise RuntimeError("this torch build's packed-int4 CPU layout is not one unpack_cpu reads")
+    return _unpack_blocks(packed.view(torch.uint8).reshape(-1), K, start, N if stop is None else stop, N, block)
 
 
 _LAYOUTS: dict[tuple[int, int], bool] = {}
@@ -94,7 +138,7 @@ def _layout_read_back(N: int, K: int, packed: torch.Tensor, q_nk: torch.Tensor) 
     if (N, K) not in _LAYOUTS:
         try:
             _LAYOUTS[N, K] = torch.equal(unpack_cpu(packed, N, K), q_nk.to(torch.uint8))
-        except RuntimeError:      # a layout of another size than the one unpack_cpu reads
+        except RuntimeError:      # a layout unpack_cpu does not read
             _LAYOUTS[N, K] = False
     return _LAYOUTS[N, K]
 
@@ -156,7 +200,7 @@ def _dense_cpu(x2: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torch.Te
     M, K = x2.shape
     N = scale_and_zeros.shape[1]
     xf = x2.float()
-    step = max(32, DENSE_SLICE // K // 32 * 32)
+    step = max(64, DENSE_SLICE // K // 64 * 64)      # whole blocks of either layout
     if N <= step:
         return xf @ dequantize_cpu(packed, scale_and_zeros, op_group, K).t()
     out = torch.empty(M, N, dtype=torch.float32, device=x2.device)
@@ -171,7 +215,8 @@ def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torc
                     perm: torch.Tensor | None = None, unpackable: bool = False) -> torch.Tensor:
     """y = x @ W + bias with W from `convert`; x: [..., K] in scale_and_zeros' dtype -> [..., N].
 
-    On CPU, `unpackable` layers multiply DENSE_MIN_ROWS rows or more (a prompt) in fp32 from dequantized slices.
+    On a CPU without bf16 dot products (`dense_prefill`), `unpackable` layers multiply DENSE_MIN_ROWS rows or
+    more (a prompt) in fp32 from dequantized slices.
     """
     K = x.shape[-1]
     lead = x.shape[:-1]
@@ -181,7 +226,7 @@ def int4pack_matmul(x: torch.Tensor, packed: torch.Tensor, scale_and_zeros: torc
     x2 = x2.contiguous()
     if x2.device.type == "cuda":
         y = torch.ops.aten._weight_int4pack_mm(x2, packed, op_group, scale_and_zeros)
-    elif unpackable and x2.shape[0] >= DENSE_MIN_ROWS:
+    elif unpackable and x2.shape[0] >= DENSE_MIN_ROWS and dense_prefill():
         y = _dense_cpu(x2, packed, scale_and_zeros, op_group).to(x.dtype)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, op_group, scale_and_zeros)
