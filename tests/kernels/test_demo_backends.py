@@ -21,11 +21,14 @@ def test_demo_model_logits_agree_across_backends(demo_dir, interpreter):
     assert set(triton.kernel_report.values()) == {"triton"}
     torch.testing.assert_close(logits(triton), expected, rtol=1e-3, atol=1e-3)
 
-    # bf16 activations end to end: same predictions, logits within bf16 rounding of a 4-layer model
+    # bf16 activations end to end: same predictions, and as close to the fp32 reference as the torch reference
+    # in bf16 is (the two bf16 paths round at different places, so each is measured against fp32; measured
+    # 1.35-1.45x on an AVX-512 CPU for this model and the one before, while a wrong kernel is off by ~10)
     int4 = from_quantized(demo_dir, kernel="cpu_int4", torch_dtype=torch.bfloat16)
     assert set(int4.kernel_report.values()) == {"cpu_int4"}
-    bf16_reference = logits(from_quantized(demo_dir, kernel="torch", torch_dtype=torch.bfloat16))
+    bf16_error = (logits(from_quantized(demo_dir, kernel="torch", torch_dtype=torch.bfloat16)) - expected).abs().max()
     got = logits(int4)
-    torch.testing.assert_close(got, bf16_reference, rtol=0.05, atol=0.15)
+    int4_error = (got - expected).abs().max()
+    assert int4_error <= 2 * bf16_error, f"cpu_int4 is {int4_error:.3f} from fp32, the bf16 reference {bf16_error:.3f}"
     agree = (got.argmax(-1) == expected.argmax(-1)).float().mean()
     assert agree >= 0.9, f"top-1 agreement with the fp32 reference only {agree:.2f}"
