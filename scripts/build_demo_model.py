@@ -206,7 +206,7 @@ def quantize(args) -> None:
     print(json.dumps({k: v for k, v in results.items() if k != "train"}, indent=2))
 
 
-REPETITION_PENALTIES = (1.0, 1.1, 1.2, 1.3, 1.5)
+REPETITION_PENALTIES = (1.0, 1.1, 1.2, 1.25, 1.3, 1.5)
 
 
 def choose_defaults(args) -> None:
@@ -315,12 +315,12 @@ def main() -> None:
     parser.add_argument("--package-share", type=float, default=0.2, help="share of training tokens from packages")
     parser.add_argument("--max-package-bytes", type=int, default=1_000_000)
     parser.add_argument("--eval-seqlen", type=int, default=512, help="held-out windows (512 compares with earlier models)")
-    parser.add_argument("--fim-line-share", type=float, default=0.5,
+    parser.add_argument("--fim-line-share", type=float, default=0.7,
                         help="share of FIM samples whose middle is 1-4 lines, from the first line's code to the last "
                              "line's end (the rest: StarCoder's split at two random characters)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--minutes", type=float, default=110.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=120.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from an earlier demo model folder (same layers and width; more positions allowed)")

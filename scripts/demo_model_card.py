@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the earlier runs this one continues (`train --init` with the demo model of the last commit named here), and
+# the chain of runs that made the model of commit ca03b4f (each `train --init` with the demo model of the commit
+# before; a run that continues another model must list that model's history here), and
 # the first model's held-out perplexity on the same windows (demo_eval.perplexity), with the tokenizer.json it
 # shipped (which split digits one by one, unlike its training) and with the tokenization it was trained with
 EARLIER = [{"commit": "30c1fb5", "tokens": 2.1e6, "minutes": 22.0,
@@ -13,8 +14,10 @@ EARLIER = [{"commit": "30c1fb5", "tokens": 2.1e6, "minutes": 22.0,
            {"commit": "6789a7f", "tokens": 14.1e6, "minutes": 110.0,
             "what": "continued on a quiet machine, batch 8 x 511, the last 20 % at 2 x 2047"}]
 FIRST = {"n_positions": 512, "perplexity": 50.209, "perplexity_as_trained": 32.820, "no_codecs": 154.081}
-# the model the last run continued (commit 6789a7f), GPTQ, measured the same way
-CONTINUED = {"perplexity": 9.025, "no_codecs": 35.184, "fim_parse": 0.14, "fim_ended": 0.0}
+# the model this run replaces, GPTQ, measured the same way: the fourth run of the chain above (commit ca03b4f);
+# a run with `--init` continues it, a run without starts from scratch
+PREVIOUS = {"perplexity": 7.010, "no_codecs": 28.337, "fim_parse": 0.24, "fim_ended": 0.0,
+            "what": "the model this one replaces (four chained runs, 244 minutes in all)", "short": "that model"}
 
 
 def _sample(name: str, r: dict) -> str:
@@ -24,8 +27,8 @@ def _sample(name: str, r: dict) -> str:
     if name == "assistant":
         return (f"Assistant turn (the app's dialogue preamble, {r['prompt_tokens']} prompt tokens), "
                 f"question `{r['question']}`:\n\n```\n{r['output'].strip()}\n```\n")
-    verdict = "parses" if r["parses"] else "does not parse"
-    return f"Prompt `{r['prompt']!r}` (kept lines {verdict} as Python):\n\n```\n{r['prompt']}{r['output']}\n```\n"
+    verdict = "parse" if r["parses"] else "do not parse"
+    return f"Prompt `{r['prompt']!r}` (the kept lines {verdict} as Python):\n\n```\n{r['prompt']}{r['output']}\n```\n"
 
 
 def write_model_card(path: Path, results: dict, args) -> None:
@@ -89,8 +92,9 @@ names promise. It shows the app working offline; it is not a coding assistant.
   warm-up and cosine decay on wall-clock time; next-token loss with StarCoder's fill-in-the-middle
   objective (half of the document windows turned into PSM or SPM; {t.get("fim_line_share", 0):.0%} of those with a
   hole of 1-4 lines from the first line's code to the last line's end, the rest cut at two random
-  characters as StarCoder's were; each FIM sample fits its training sequence with its closing
-  `<|endoftext|>`, which earlier runs mostly cut off). Final training loss (EMA)
+  characters as StarCoder's were; each FIM window is between 32 tokens and a sequence long, so the
+  middle's closing `<|endoftext|>` comes at no fixed position and has to be learned from the code
+  around it). Final training loss (EMA)
   {t.get("final_loss_ema")}.
 - Quantization: this project's GPTQ with TheBloke's recipe: 4-bit, group size -1, act-order (desc_act),
   symmetric, damp 0.01, true-sequential, {results["calibration"]["windows"]} calibration windows of
@@ -126,17 +130,17 @@ reproduce almost exactly; the row without `encodings/` is the fairer measure of 
 The first demo model (4 x 256, 512 positions, stdlib only), measured the same way on the same
 windows: {FIRST["perplexity"]:.3f} with the tokenizer as it shipped then (whose tokenizer.json split digits
 one by one, which the model never saw in training), {FIRST["perplexity_as_trained"]:.3f} with the tokenization
-it was trained with (what this model's tokenizer.json now does); the model this run continued:
-{CONTINUED["perplexity"]:.3f} (GPTQ). Without `encodings/`: the first model {FIRST["no_codecs"]:.3f}, the
-model this run continued {CONTINUED["no_codecs"]:.3f}.
+it was trained with (what this model's tokenizer.json now does); {PREVIOUS["what"]}:
+{PREVIOUS["perplexity"]:.3f} (GPTQ). Without `encodings/`: the first model {FIRST["no_codecs"]:.3f},
+{PREVIOUS["short"]} {PREVIOUS["no_codecs"]:.3f}.
 
 ## Samples (greedy, repetition penalty {gen["repetition_penalty"]})
 {samples}
 Fill-in-the-middle on {holes["holes"]} one-statement holes cut from functions of held-out files: the
 filled file parses in {holes["parse_fraction"]:.0%} of them; the middle equals the original statement in
 {holes["exact_fraction"]:.0%}; the model ends the middle (`<|endoftext|>`) within 32 tokens in
-{holes["ended_fraction"]:.0%} (the model this run continued: parses {CONTINUED["fim_parse"]:.0%}, ends
-{CONTINUED["fim_ended"]:.0%}).
+{holes["ended_fraction"]:.0%} ({PREVIOUS["short"]}: parses {PREVIOUS["fim_parse"]:.0%}, ends
+{PREVIOUS["fim_ended"]:.0%}).
 
 ## Data and licences
 - The `.py` files of the CPython standard library (excluding its test suites): {data.get("stdlib_files")}
