@@ -91,9 +91,7 @@ def _unpack_blocks(flat: torch.Tensor, K: int, start: int, stop: int, N: int, bl
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-_CPU_BLOCK: list[int | None] = []
-
-
+@functools.cache
 def cpu_block() -> int | None:
     """The row block of the CPU op's packed layout on this build and CPU (64 or 32), or None if neither.
 
@@ -102,19 +100,15 @@ def cpu_block() -> int | None:
     [K, rows/2] bytes, even rows low and odd rows high. The block is 64 where torch dispatches to its
     AVX-512 kernels and 32 with AVX2; found once by packing a probe and reading it back.
     """
-    if not _CPU_BLOCK:
-        q = torch.randint(0, 16, (80, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1).view(torch.uint8).reshape(-1)
-        found = None
-        for block in (64, 32):
-            try:
-                if torch.equal(_unpack_blocks(packed, 64, 0, 80, 80, block), q.to(torch.uint8)):
-                    found = block
-                    break
-            except RuntimeError:      # a layout of another size
-                continue
-        _CPU_BLOCK.append(found)
-    return _CPU_BLOCK[0]
+    q = torch.randint(0, 16, (80, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1).view(torch.uint8).reshape(-1)
+    for block in (64, 32):
+        try:
+            if torch.equal(_unpack_blocks(packed, 64, 0, 80, 80, block), q.to(torch.uint8)):
+                return block
+        except RuntimeError:      # a layout of another size
+            continue
+    return None
 
 
 def unpack_cpu(packed: torch.Tensor, N: int, K: int, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch
 from backend.generate import GenerationParams
 from backend.loader import load_dequantized
 from backend.remote import RemoteEngine
+from scripts.demo_eval import PROMPTS
 from tests.remote.vllm_server import SERVED_NAME, ensure_venv, start_server
 
 pytestmark = [pytest.mark.vllm,
@@ -14,8 +15,6 @@ pytestmark = [pytest.mark.vllm,
                                  reason="vLLM's CPU GPTQ kernel needs AVX-512 (its first request kills the engine "
                                         "without it); the dense copy's tests cover this CPU")]
 
-PROMPTS = ['def fibonacci(n):\n    """Return the n-th Fibonacci number."""', "import os\nimport sys"]
-FIM = ("def mean(values):\n    total = 0\n    for value in values:\n        ", "\n    return total / len(values)\n")
 # bf16 activations against our fp32 reference: a token vLLM picks may lose to another by this much in fp32
 MARGIN = 0.5
 
@@ -38,19 +37,15 @@ def reference(demo_dir):
     return load_dequantized(demo_dir).eval()
 
 
-@pytest.mark.parametrize("case", PROMPTS + [FIM], ids=["function", "imports", "fim-psm"])
-def test_vllm_gptq_greedy_follows_the_same_weights(gptq_remote, reference, case):
+@pytest.mark.parametrize("name", ["function", "imports", "fim"])
+def test_vllm_gptq_greedy_follows_the_same_weights(gptq_remote, reference, name):
     # every token vLLM chooses greedily is our fp32 reference's choice, or within MARGIN of it, at that position
     tok = gptq_remote.loaded.tokenizer
     params = GenerationParams(max_new_tokens=16, temperature=0.0)
-    if isinstance(case, tuple):
-        prefix, suffix = case
-        chunks = list(gptq_remote.infill(prefix, suffix, params, "psm"))
-        prompt = f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
-    else:
-        chunks = list(gptq_remote.complete(case, params))
-        prompt = case
-    prompt_ids = tok(prompt).input_ids
+    prefix, suffix = PROMPTS[name] if name == "fim" else (PROMPTS[name], None)
+    chunks = list(gptq_remote.infill(prefix, suffix, params, "psm") if suffix is not None
+                  else gptq_remote.complete(prefix, params))
+    prompt_ids = gptq_remote.prompt_ids(prefix, params, suffix, "psm").ids      # what was sent upstream
     # the text's own tokens (the same inputs give the same text every run, so this is deterministic)
     generated = tok("".join(c.text for c in chunks), add_special_tokens=False).input_ids
     assert generated and chunks[-1].finish_reason == "length"
