@@ -59,7 +59,7 @@ def test_choose_and_load_a_model(page: Page):
 def test_generate_streams_stop_and_continue(page: Page):
     set_mode(page, "Completion")
     set_number(page, "p-temperature", 0)      # greedy: the same long text every run, so Stop lands midway
-    set_number(page, "p-max_new_tokens", 400)
+    set_number(page, "p-max_new_tokens", 2000)   # seconds even on a fast CPU: Stop lands midway
     status = page.locator("#gen-status")
     page.click("#generate")
     seen: list[str] = []
@@ -135,7 +135,7 @@ def test_two_tabs_generating_at_once_both_finish(page: Page, browser, app):
 def test_unloading_during_generation_stops_it_safely(page: Page):
     set_mode(page, "Completion")
     set_number(page, "p-temperature", 0)
-    set_number(page, "p-max_new_tokens", 400)
+    set_number(page, "p-max_new_tokens", 2000)   # seconds even on a fast CPU: Stop lands midway
     page.click("#generate")
     expect(page.locator("#gen-status")).to_contain_text("generating", timeout=GEN_TIMEOUT)
     open_tab(page, "Model")
